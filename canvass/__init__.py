@@ -1,0 +1,1 @@
+"""Canvass: sales-force automation for reps who sell in the field."""

@@ -1,0 +1,1 @@
+"""What runs outside the server: partner SDK and the reference offline client."""

@@ -1,0 +1,1 @@
+"""Funnel metrics, forecast models, simulation and backtests: pure maths over arrays."""

@@ -1,0 +1,1 @@
+"""The offline sync protocol (see PROTOCOL.md once written)."""
