@@ -1,0 +1,110 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, get
+from litestar.di import Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Contact as OpenAPIContact
+from litestar.static_files import create_static_files_router
+from openapi_ui_bundles import swagger_ui
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from canvass.api.controllers.accounts import AccountController, ContactController
+from canvass.api.controllers.activities import ActivityController, ObjectionController
+from canvass.api.controllers.auth import AuthController
+from canvass.api.controllers.leads import LeadController
+from canvass.api.controllers.people import (
+    SettingsController,
+    TeamController,
+    TerritoryController,
+    UserController,
+)
+from canvass.api.deps import provide_actor, provide_db
+from canvass.api.problems import exception_handlers
+from canvass.api.security import build_jwt_auth
+from canvass.db import create_engine, session_factory
+from canvass.settings import Settings, get_settings
+
+API_DESCRIPTION = """
+Canvass manages leads through a seven-stage pipeline (prospecting → qualify →
+approach → negotiate → handle_objections → close → after_sale) for sales reps in
+the field. Log in at `POST /api/v1/auth/login` and send the access token as
+`Authorization: Bearer <token>`. Errors are RFC 9457 problem documents with a
+stable `type`; refusals by a business rule name the `rule`.
+"""
+
+# Swagger UI served from a Python package, so the docs work without internet.
+_SWAGGER_ASSETS = "/schema/assets"
+
+
+@get("/health", operation_id="health", tags=["meta"], security=[], include_in_schema=True)
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def create_app(settings: Settings | None = None, engine: AsyncEngine | None = None) -> Litestar:
+    settings = settings or get_settings()
+    jwt_auth = build_jwt_auth(settings)
+
+    @asynccontextmanager
+    async def database(app: Litestar) -> AsyncIterator[None]:
+        own_engine = engine is None
+        db_engine = engine or create_engine(settings.async_database_url)
+        app.state.sessionmaker = session_factory(db_engine)
+        try:
+            yield
+        finally:
+            if own_engine:
+                await db_engine.dispose()
+
+    openapi = OpenAPIConfig(
+        title="Canvass",
+        version="0.1.0",
+        description=API_DESCRIPTION.strip(),
+        contact=OpenAPIContact(name="Canvass"),
+        path="/schema",
+        render_plugins=[
+            SwaggerRenderPlugin(
+                path="/",
+                js_url=f"{_SWAGGER_ASSETS}/swagger-ui-bundle.js",
+                css_url=f"{_SWAGGER_ASSETS}/swagger-ui.css",
+                standalone_preset_js_url=f"{_SWAGGER_ASSETS}/swagger-ui-standalone-preset.js",
+                favicon="",
+            ),
+            JsonRenderPlugin(path="/openapi.json"),
+        ],
+        use_handler_docstrings=True,
+    )
+    app = Litestar(
+        route_handlers=[
+            health,
+            AuthController,
+            LeadController,
+            AccountController,
+            ContactController,
+            ActivityController,
+            ObjectionController,
+            UserController,
+            TeamController,
+            TerritoryController,
+            SettingsController,
+            create_static_files_router(
+                path=_SWAGGER_ASSETS, directories=[swagger_ui.static_path], include_in_schema=False
+            ),
+        ],
+        dependencies={"db": Provide(provide_db), "actor": Provide(provide_actor, sync_to_thread=False)},
+        exception_handlers=exception_handlers,
+        on_app_init=[jwt_auth.on_app_init],
+        lifespan=[database],
+        openapi_config=openapi,
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.jwt_auth = jwt_auth
+    return app

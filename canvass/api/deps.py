@@ -1,0 +1,70 @@
+"""Request-scoped dependencies: the database transaction, the acting user, and
+the parsing of ETag preconditions and paging parameters shared by controllers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.datastructures import State
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from canvass.errors import StaleWrite
+from canvass.pipeline.scope import Actor
+
+
+async def provide_db(state: State) -> AsyncIterator[AsyncSession]:
+    """One request, one transaction: committed when the handler succeeds, rolled
+    back when anything raises (the exception then becomes a problem response)."""
+    async with state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+def provide_actor(request: Request[Actor, Any, Any]) -> Actor:
+    return request.user
+
+
+_ETAG = re.compile(r'^\s*(?:W/)?"(\d{1,18})"\s*$')
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version an If-Match header names; None when absent or ``*``."""
+    if value is None or value.strip() == "*":
+        return None
+    match = _ETAG.match(value)
+    if match is None:
+        # An ETag we never issued can match no current version.
+        raise StaleWrite("If-Match does not name a version of this record.", field="If-Match")
+    return int(match.group(1))
+
+
+IfMatch = Annotated[
+    str | None,
+    Parameter(header="If-Match", required=False, description="The ETag you read; 412 if the record changed since."),
+]
+Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size (1–200).")]
+Cursor = Annotated[
+    str | None, Parameter(max_length=500, description="`next_cursor` from the previous page.", required=False)
+]
+
+
+def to_out(struct_type: type[Any], record: object) -> Any:
+    """A response struct from a stored record, field by field (never the ORM object)."""
+    return msgspec.convert(record, struct_type, from_attributes=True)
+
+
+def with_etag(out: Any, status_code: int = 200) -> Response[Any]:
+    return Response(out, status_code=status_code, headers={"ETag": etag(out.version)})

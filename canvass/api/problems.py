@@ -1,0 +1,186 @@
+"""RFC 9457 problem details: every error leaves the API in this one shape.
+
+``type`` is stable per error (``https://canvass.dev/problems/<code>``); clients
+switch on it. Validation errors list each offending field by its path
+(``body.amount``, ``query.limit``) so a form can highlight it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.openapi.datastructures import ResponseSpec
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from canvass.errors import PROBLEM_BASE, CanvassError
+
+log = logging.getLogger("canvass.api")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(msgspec.Struct, kw_only=True):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An error response (RFC 9457). Beside the standard members, a refusal by a
+    business rule names the ``rule`` and what is ``missing``; validation errors
+    list ``errors`` by field."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    rule: str | None = None
+    missing: list[str] | None = None
+    field: str | None = None
+    errors: list[FieldError] | None = None
+    current_version: int | None = None
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _canvass_error(request: Request[Any, Any, Any], exc: CanvassError) -> Response[dict[str, Any]]:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return problem_response(
+        request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers, **exc.extra
+    )
+
+
+def _field_path(error: dict[str, Any]) -> str:
+    source = error.get("source") or "body"
+    key = error.get("key") or ""
+    return f"{source}.{key}" if key else str(source)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    raw = exc.extra if isinstance(exc.extra, list) else []
+    errors = [{"field": _field_path(e), "message": str(e.get("message", ""))} for e in raw if isinstance(e, dict)]
+    message = " ".join(e["message"] for e in errors).lower()
+    if "malformed" in message or "json is" in message or "invalid json" in message:
+        return problem_response(
+            request, status=400, code="malformed-body", title="Malformed request body", detail=errors[0]["message"] if errors else str(exc.detail)
+        )
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or str(exc.detail)
+    return problem_response(
+        request,
+        status=422,
+        code="validation-failed",
+        title="Invalid request",
+        detail=detail,
+        errors=errors or None,
+        field=errors[0]["field"] if errors else None,
+    )
+
+
+_HTTP_CODES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("body-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    429: ("rate-limited", "Too many requests"),
+}
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    code, title = _HTTP_CODES.get(status, ("http-error", "Request failed"))
+    if status == 400 and "json" in str(exc.detail).lower():
+        code, title = "malformed-body", "Malformed request body"
+    headers = dict(exc.headers or {})
+    if isinstance(exc, NotAuthorizedException):
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return problem_response(request, status=status, code=code, title=title, detail=str(exc.detail), headers=headers or None)
+
+
+def _stale(request: Request[Any, Any, Any], exc: StaleDataError) -> Response[dict[str, Any]]:
+    return problem_response(
+        request,
+        status=412,
+        code="stale-write",
+        title="The record changed since you read it",
+        detail="Someone else changed the record at the same time; fetch it again and re-apply your change.",
+    )
+
+
+def _integrity(request: Request[Any, Any, Any], exc: IntegrityError) -> Response[dict[str, Any]]:
+    log.warning("integrity error on %s: %s", request.url.path, exc.orig)
+    return problem_response(
+        request,
+        status=409,
+        code="conflict",
+        title="Conflicts with existing data",
+        detail="The change conflicts with existing data (a duplicate id or a reference that no longer exists).",
+    )
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        request, status=500, code="internal", title="Internal error", detail="An unexpected error occurred; it was logged."
+    )
+
+
+exception_handlers: dict[type[Exception] | int, Any] = {
+    CanvassError: _canvass_error,
+    ValidationException: _validation_error,
+    NotAuthorizedException: _http_error,
+    PermissionDeniedException: _http_error,
+    HTTPException: _http_error,
+    StaleDataError: _stale,
+    IntegrityError: _integrity,
+    Exception: _internal,
+}
+
+
+def _spec(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE)
+
+
+# The error responses every authenticated operation may give, for the OpenAPI document.
+PROBLEM_RESPONSES: dict[int, ResponseSpec] = {
+    400: _spec("Malformed request body"),
+    401: _spec("Missing, invalid or expired access token"),
+    403: _spec("The caller's role or scope does not allow this"),
+    404: _spec("No such record in the caller's scope"),
+    409: _spec("Refused by a business rule (names the rule) or conflicts with existing data"),
+    412: _spec("If-Match names a version that is no longer current"),
+    413: _spec("Request body too large"),
+    422: _spec("Invalid input; `errors` names each field"),
+}
+

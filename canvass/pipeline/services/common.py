@@ -1,0 +1,139 @@
+"""Helpers every service shares: keyset pagination, partial updates, ETag checks,
+reference and owner checks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from canvass.errors import Forbidden, InvalidReference, InvalidValue, StaleWrite
+from canvass.pipeline.models import Team, User
+from canvass.pipeline.scope import Actor, may_assign_to
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 200
+
+
+class SortKey(msgspec.Struct, frozen=True):
+    """A sort order over one non-null column, with the id as tie-breaker."""
+
+    column: Any
+    descending: bool = False
+    parse: Callable[[Any], Any] = lambda v: v
+
+
+def timestamp_key(column: Any, descending: bool = False) -> SortKey:
+    return SortKey(column, descending, dt.datetime.fromisoformat)
+
+
+def _encode_cursor(value: Any, row_id: uuid.UUID) -> str:
+    if isinstance(value, dt.datetime | dt.date):
+        value = value.isoformat()
+    raw = msgspec.json.encode([value, str(row_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, key: SortKey) -> tuple[Any, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value, row_id = msgspec.json.decode(raw, type=tuple[Any, str])
+        return key.parse(value), uuid.UUID(row_id)
+    except (binascii.Error, msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise InvalidValue("`cursor` is not a cursor this list returned.", field="cursor") from exc
+
+
+async def paginate(
+    session: AsyncSession,
+    stmt: Select[Any],
+    *,
+    id_column: InstrumentedAttribute[uuid.UUID],
+    key: SortKey,
+    limit: int,
+    cursor: str | None,
+) -> tuple[Sequence[Any], str | None]:
+    """One page of ``stmt`` in keyset order: cost independent of the page number."""
+    if cursor:
+        value, last_id = _decode_cursor(cursor, key)
+        col = key.column
+        if key.descending:
+            stmt = stmt.where(or_(col < value, and_(col == value, id_column < last_id)))
+        else:
+            stmt = stmt.where(or_(col > value, and_(col == value, id_column > last_id)))
+    order = (key.column.desc(), id_column.desc()) if key.descending else (key.column, id_column)
+    rows = (await session.scalars(stmt.order_by(*order).limit(limit + 1))).all()
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    return rows, _encode_cursor(getattr(last, key.column.key), last.id)
+
+
+def check_version(current: int, if_match: int | None) -> None:
+    """ETag / If-Match: refuse a write based on a version that is no longer current."""
+    if if_match is not None and if_match != current:
+        raise StaleWrite(
+            f"The record is at version {current}; your change was based on version {if_match}. "
+            "Fetch it again and re-apply your change.",
+            current_version=current,
+        )
+
+
+def apply_patch(target: Any, patch: msgspec.Struct, *, skip: Sequence[str] = ()) -> list[str]:
+    """Copy every field the patch sets (not UNSET) onto the model; return their names."""
+    changed = []
+    for name in patch.__struct_fields__:
+        if name in skip:
+            continue
+        value = getattr(patch, name)
+        if value is msgspec.UNSET:
+            continue
+        if isinstance(value, msgspec.Struct):
+            # Nested records (qualification, visit plan) merge: what is given
+            # replaces, what is left out or null keeps its value.
+            given = {k: v for k, v in msgspec.to_builtins(value).items() if v is not None}
+            value = {**(getattr(target, name) or {}), **given}
+        elif isinstance(value, list):
+            value = msgspec.to_builtins(value)
+        if getattr(target, name) != value:
+            setattr(target, name, value)
+            changed.append(name)
+    return changed
+
+
+async def team_path_of(session: AsyncSession, organization_id: uuid.UUID, user_id: uuid.UUID) -> tuple[bool, str | None] | None:
+    """(active, team path) of a user of the tenant, or None if there is no such user."""
+    row = (
+        await session.execute(
+            select(User.active, Team.path)
+            .outerjoin(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
+            .where(User.organization_id == organization_id, User.id == user_id)
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def check_owner(session: AsyncSession, actor: Actor, owner_id: uuid.UUID) -> None:
+    """Refuse an owner who is not an active user the actor may assign records to."""
+    found = await team_path_of(session, actor.organization_id, owner_id)
+    if found is None or not found[0]:
+        raise InvalidReference("`owner_id` is not an active user of this organization.", field="owner_id")
+    if not may_assign_to(actor, owner_id, found[1]):
+        raise Forbidden(
+            "You may assign records only to yourself"
+            + (" or to people in your team subtree." if actor.is_manager else "."),
+            field="owner_id",
+        )
+
+
+def new_or_given_id(given: uuid.UUID | None) -> dict[str, uuid.UUID]:
+    return {"id": given} if given else {}

@@ -1,0 +1,344 @@
+"""Leads: create, edit, list, and move through the pipeline.
+
+Every stage move, outcome and reopen goes through here and asks ``pipeline.stages``
+whether it is allowed; every one writes a ``StageChange``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+import msgspec
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from canvass.db import utcnow
+from canvass.errors import AlreadyExists, InvalidReference, NotFound
+from canvass.pipeline import stages
+from canvass.pipeline.config import PipelineConfig
+from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, StageChange
+from canvass.pipeline.schemas import LeadCreate, LeadOut, LeadUpdate, OutcomeRecord, Reopen, StageMove
+from canvass.pipeline.scope import Actor, account_scope, lead_scope
+from canvass.pipeline.services.common import (
+    SortKey,
+    apply_patch,
+    check_owner,
+    check_version,
+    paginate,
+    timestamp_key,
+)
+from canvass.pipeline.services.organizations import pipeline_config
+from canvass.pipeline.vocabulary import ForecastCategory, LeadStatus, Outcome, Stage
+
+LEAD_SORTS: dict[str, SortKey] = {
+    "created_at": timestamp_key(Lead.created_at),
+    "-created_at": timestamp_key(Lead.created_at, descending=True),
+    "updated_at": timestamp_key(Lead.updated_at),
+    "-updated_at": timestamp_key(Lead.updated_at, descending=True),
+    "title": SortKey(Lead.title),
+    "-title": SortKey(Lead.title, descending=True),
+}
+
+
+class LeadFilters(msgspec.Struct, kw_only=True):
+    owner_id: uuid.UUID | None = None
+    stage: Stage | None = None
+    status: LeadStatus | None = None
+    account_id: uuid.UUID | None = None
+    updated_since: dt.datetime | None = None
+    q: str | None = None  # text search on the lead's title and its account's name
+
+
+async def get_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *, for_update: bool = False) -> Lead:
+    """The lead, if the actor may see it. Out of scope looks the same as missing."""
+    stmt = select(Lead).where(Lead.id == lead_id, lead_scope(actor))
+    if for_update:
+        stmt = stmt.with_for_update()
+    lead = await session.scalar(stmt)
+    if lead is None:
+        raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
+    return lead
+
+
+async def list_leads(
+    session: AsyncSession,
+    actor: Actor,
+    filters: LeadFilters,
+    *,
+    sort: str = "created_at",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[Sequence[Lead], str | None]:
+    stmt = select(Lead).where(lead_scope(actor))
+    if filters.owner_id:
+        stmt = stmt.where(Lead.owner_id == filters.owner_id)
+    if filters.stage:
+        stmt = stmt.where(Lead.stage == filters.stage.value)
+    if filters.status:
+        stmt = stmt.where(Lead.status == filters.status.value)
+    if filters.account_id:
+        stmt = stmt.where(Lead.account_id == filters.account_id)
+    if filters.updated_since:
+        stmt = stmt.where(Lead.updated_at >= filters.updated_since)
+    if filters.q:
+        account_match = select(Account.id).where(
+            Account.organization_id == actor.organization_id, Account.name.icontains(filters.q, autoescape=True)
+        )
+        stmt = stmt.where(or_(Lead.title.icontains(filters.q, autoescape=True), Lead.account_id.in_(account_match)))
+    return await paginate(session, stmt, id_column=Lead.id, key=LEAD_SORTS[sort], limit=limit, cursor=cursor)
+
+
+async def _check_references(
+    session: AsyncSession, actor: Actor, account_id: uuid.UUID | None, contact_id: uuid.UUID | None
+) -> None:
+    if account_id is not None:
+        found = await session.scalar(select(Account.id).where(Account.id == account_id, account_scope(actor)))
+        if found is None:
+            raise InvalidReference(f"No account {account_id} that you can see.", field="account_id")
+    if contact_id is not None:
+        contact_account = await session.scalar(
+            select(Contact.account_id).where(
+                Contact.organization_id == actor.organization_id,
+                Contact.id == contact_id,
+                Contact.deleted_at.is_(None),
+            )
+        )
+        if contact_account is None:
+            raise InvalidReference(f"No contact {contact_id}.", field="primary_contact_id")
+        if account_id is None or contact_account != account_id:
+            raise InvalidReference(
+                "The primary contact must belong to the lead's account.", field="primary_contact_id"
+            )
+
+
+def _record_change(
+    session: AsyncSession,
+    actor: Actor,
+    lead: Lead,
+    *,
+    from_stage: str | None,
+    at: dt.datetime,
+    note: str | None = None,
+    imported: bool = False,
+) -> StageChange:
+    change = StageChange(
+        organization_id=lead.organization_id,
+        lead_id=lead.id,
+        from_stage=from_stage,
+        to_stage=lead.stage,
+        status=lead.status,
+        amount=lead.amount,
+        at=at,
+        by_user_id=actor.user_id,
+        by_device_id=actor.device_id,
+        note=note,
+        imported=imported,
+    )
+    session.add(change)
+    return change
+
+
+async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, at: dt.datetime | None = None) -> Lead:
+    owner_id = data.owner_id or actor.user_id
+    if owner_id != actor.user_id:
+        await check_owner(session, actor, owner_id)
+    await _check_references(session, actor, data.account_id, data.primary_contact_id)
+    if data.id is not None and await session.get(Lead, (actor.organization_id, data.id)) is not None:
+        raise AlreadyExists(f"Lead {data.id} already exists.", id=str(data.id))
+    now = at or utcnow()
+    fields = msgspec.to_builtins(data, builtin_types=(uuid.UUID, dt.date))
+    fields.update(
+        owner_id=owner_id,
+        qualification=fields.get("qualification") or {},
+        visit_plan=fields.get("visit_plan") or {},
+    )
+    if data.id is None:
+        fields.pop("id", None)
+    lead = Lead(
+        organization_id=actor.organization_id,
+        stage=Stage.PROSPECTING.value,
+        status=LeadStatus.OPEN.value,
+        stage_entered_at=now,
+        created_at=now,
+        updated_at=now,
+        **fields,
+    )
+    session.add(lead)
+    await session.flush()
+    _record_change(session, actor, lead, from_stage=None, at=now, note="created")
+    await session.flush()
+    return lead
+
+
+async def update_lead(
+    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, patch: LeadUpdate, *, if_match: int | None = None
+) -> Lead:
+    lead = await get_lead(session, actor, lead_id, for_update=True)
+    check_version(lead.version, if_match)
+    if patch.owner_id is not msgspec.UNSET and patch.owner_id != lead.owner_id:
+        await check_owner(session, actor, patch.owner_id)
+    account_id = lead.account_id if patch.account_id is msgspec.UNSET else patch.account_id
+    contact_id = lead.primary_contact_id if patch.primary_contact_id is msgspec.UNSET else patch.primary_contact_id
+    if (account_id, contact_id) != (lead.account_id, lead.primary_contact_id):
+        await _check_references(session, actor, account_id, contact_id)
+    if apply_patch(lead, patch):
+        await session.flush()
+    return lead
+
+
+async def delete_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *, if_match: int | None = None) -> None:
+    """A tombstone, not a hard delete: offline devices must learn of the removal."""
+    lead = await get_lead(session, actor, lead_id, for_update=True)
+    check_version(lead.version, if_match)
+    lead.deleted_at = utcnow()
+    await session.flush()
+
+
+async def lead_facts(session: AsyncSession, lead: Lead) -> stages.LeadFacts:
+    """Gather what the stage rules need, in one round trip."""
+    org, lead_id = lead.organization_id, lead.id
+    completed_visits = (
+        select(func.count())
+        .where(
+            Activity.organization_id == org,
+            Activity.lead_id == lead_id,
+            Activity.kind.in_(("visit", "meeting")),
+            or_(Activity.check_in_at.is_not(None), Activity.completed_at.is_not(None)),
+        )
+        .scalar_subquery()
+    )
+    raised = select(func.count()).where(Objection.organization_id == org, Objection.lead_id == lead_id)
+    still_open = raised.where(Objection.status == "open")
+    row = (
+        await session.execute(select(completed_visits, raised.scalar_subquery(), still_open.scalar_subquery()))
+    ).one()
+    return stages.LeadFacts(
+        stage=Stage(lead.stage),
+        status=LeadStatus(lead.status),
+        has_account=lead.account_id is not None,
+        has_primary_contact=lead.primary_contact_id is not None,
+        qualification=lead.qualification or {},
+        completed_visits=row[0],
+        quoted_amount=lead.amount,
+        objections_raised=row[1],
+        open_objections=row[2],
+        lost_at_stage=Stage(lead.lost_at_stage) if lead.lost_at_stage else None,
+    )
+
+
+async def move_stage(
+    session: AsyncSession,
+    actor: Actor,
+    lead_id: uuid.UUID,
+    move: StageMove,
+    *,
+    if_match: int | None = None,
+    config: PipelineConfig | None = None,
+) -> Lead:
+    lead = await get_lead(session, actor, lead_id, for_update=True)
+    check_version(lead.version, if_match)
+    config = config or await pipeline_config(session, actor.organization_id)
+    facts = await lead_facts(session, lead)
+    stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
+    at = move.at or utcnow()
+    from_stage = lead.stage
+    if move.override_reason and from_stage == Stage.QUALIFY.value:
+        score = stages.qualification_score(facts.qualification)
+        if score is None or score < config.gates.qualify.threshold:
+            lead.qualification_override_reason = move.override_reason
+    lead.stage = move.to_stage.value
+    lead.stage_entered_at = at
+    _record_change(session, actor, lead, from_stage=from_stage, at=at, note=move.note or move.override_reason)
+    await session.flush()
+    return lead
+
+
+async def record_outcome(
+    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, record: OutcomeRecord, *, if_match: int | None = None
+) -> Lead:
+    lead = await get_lead(session, actor, lead_id, for_update=True)
+    check_version(lead.version, if_match)
+    facts = await lead_facts(session, lead)
+    amount = record.amount if record.amount is not None else lead.amount
+    stages.check_outcome(facts, record.outcome, amount=amount, reason=record.loss_reason)
+    at = record.at or utcnow()
+    from_stage = lead.stage
+    lead.status = record.outcome.value
+    lead.closed_at = at
+    if record.closing_method:
+        lead.closing_method = record.closing_method.value
+    if record.closing_signals is not None:
+        lead.closing_signals = [s.value for s in record.closing_signals]
+    if record.outcome is Outcome.WON:
+        lead.amount = amount
+        lead.forecast_category = ForecastCategory.CLOSED.value
+    else:
+        lead.loss_reason = record.loss_reason
+        lead.competitor = record.competitor
+        lead.forecast_category = ForecastCategory.OMITTED.value
+        if record.outcome is Outcome.LOST:
+            lead.lost_at_stage = from_stage
+            lead.stage = Stage.CLOSE.value
+    if lead.stage != from_stage:
+        lead.stage_entered_at = at
+    _record_change(session, actor, lead, from_stage=from_stage, at=at, note=record.note or record.loss_reason)
+    await session.flush()
+    return lead
+
+
+async def reopen_lead(
+    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, request: Reopen, *, if_match: int | None = None
+) -> Lead:
+    lead = await get_lead(session, actor, lead_id, for_update=True)
+    check_version(lead.version, if_match)
+    facts = await lead_facts(session, lead)
+    back_to = stages.check_reopen(facts, role=actor.role)
+    at = utcnow()
+    from_stage = lead.stage
+    lead.stage = back_to.value
+    lead.status = LeadStatus.OPEN.value
+    lead.stage_entered_at = at
+    lead.closed_at = None
+    lead.lost_at_stage = None
+    lead.forecast_category = ForecastCategory.PIPELINE.value
+    _record_change(session, actor, lead, from_stage=from_stage, at=at, note=request.note or "reopened")
+    await session.flush()
+    return lead
+
+
+async def stage_history(session: AsyncSession, actor: Actor, lead_id: uuid.UUID) -> Sequence[StageChange]:
+    await get_lead(session, actor, lead_id)
+    return (
+        await session.scalars(
+            select(StageChange)
+            .where(StageChange.organization_id == actor.organization_id, StageChange.lead_id == lead_id)
+            .order_by(StageChange.at, StageChange.id)
+        )
+    ).all()
+
+
+def lead_probability(lead: Lead, config: PipelineConfig | None = None) -> float:
+    """Probability used for weighted pipeline: the rep's override, else the stage's."""
+    if lead.status == LeadStatus.WON.value:
+        return 1.0
+    if lead.status != LeadStatus.OPEN.value:
+        return 0.0
+    if lead.probability_override is not None:
+        return lead.probability_override
+    probabilities = (config or PipelineConfig()).stage_probabilities
+    return probabilities.get(Stage(lead.stage), 0.0)
+
+
+_LEAD_STORED_FIELDS = tuple(
+    f for f in LeadOut.__struct_fields__ if f not in ("probability", "qualification_score")
+)
+
+
+def to_lead_out(lead: Lead, config: PipelineConfig | None = None) -> LeadOut:
+    """The response shape of a lead, with its derived probability and score."""
+    return LeadOut(
+        **{name: getattr(lead, name) for name in _LEAD_STORED_FIELDS},
+        probability=lead_probability(lead, config),
+        qualification_score=stages.qualification_score(lead.qualification or {}),
+    )
