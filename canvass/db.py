@@ -13,7 +13,12 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -80,9 +85,7 @@ def create_engine(async_url: str, *, pool_size: int = 10) -> AsyncEngine:
         return engine
     if async_url.endswith("?pool=null"):
         return create_async_engine(async_url.removesuffix("?pool=null"), poolclass=NullPool)
-    return create_async_engine(
-        async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
-    )
+    return create_async_engine(async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,3 +69,8 @@ def to_out(struct_type: type[Any], record: object) -> Any:
 
 def with_etag(out: Any, status_code: int = 200) -> Response[Any]:
     return Response(out, status_code=status_code, headers={"ETag": etag(out.version)})
+
+
+# Named dependencies every handler receives (registered on the app).
+Db = NamedDependency[AsyncSession]
+CurrentActor = NamedDependency[Actor]

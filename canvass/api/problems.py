@@ -91,7 +91,11 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
     message = " ".join(e["message"] for e in errors).lower()
     if "malformed" in message or "json is" in message or "invalid json" in message:
         return problem_response(
-            request, status=400, code="malformed-body", title="Malformed request body", detail=errors[0]["message"] if errors else str(exc.detail)
+            request,
+            status=400,
+            code="malformed-body",
+            title="Malformed request body",
+            detail=errors[0]["message"] if errors else str(exc.detail),
         )
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or str(exc.detail)
     return problem_response(
@@ -125,7 +129,9 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     headers = dict(exc.headers or {})
     if isinstance(exc, NotAuthorizedException):
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return problem_response(request, status=status, code=code, title=title, detail=str(exc.detail), headers=headers or None)
+    return problem_response(
+        request, status=status, code=code, title=title, detail=str(exc.detail), headers=headers or None
+    )
 
 
 def _stale(request: Request[Any, Any, Any], exc: StaleDataError) -> Response[dict[str, Any]]:
@@ -152,7 +158,11 @@ def _integrity(request: Request[Any, Any, Any], exc: IntegrityError) -> Response
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
-        request, status=500, code="internal", title="Internal error", detail="An unexpected error occurred; it was logged."
+        request,
+        status=500,
+        code="internal",
+        title="Internal error",
+        detail="An unexpected error occurred; it was logged.",
     )
 
 
@@ -183,4 +193,3 @@ PROBLEM_RESPONSES: dict[int, ResponseSpec] = {
     413: _spec("Request body too large"),
     422: _spec("Invalid input; `errors` names each field"),
 }
-

@@ -48,9 +48,7 @@ DEFAULT_STAGE_PROBABILITIES: dict[Stage, float] = {
 
 class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gates: Gates = msgspec.field(default_factory=Gates)
-    stage_probabilities: dict[Stage, float] = msgspec.field(
-        default_factory=lambda: dict(DEFAULT_STAGE_PROBABILITIES)
-    )
+    stage_probabilities: dict[Stage, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_STAGE_PROBABILITIES))
     follow_up_days: list[int] = msgspec.field(default_factory=lambda: [3, 7, 30])
     contact_cycle_days: int = 30  # 两次联系间隔不得超过一个月
 

@@ -107,18 +107,18 @@ class AccountCreate(Input, kw_only=True):
 class AccountUpdate(Input, kw_only=True):
     name: Name | UnsetType = UNSET
     kind: AccountKind | UnsetType = UNSET
-    b2b_kind: B2BKind | None | UnsetType = UNSET
-    industry: ShortText | None | UnsetType = UNSET
-    size: ShortText | None | UnsetType = UNSET
-    region: ShortText | None | UnsetType = UNSET
-    address: LongText | None | UnsetType = UNSET
-    latitude: Latitude | None | UnsetType = UNSET
-    longitude: Longitude | None | UnsetType = UNSET
+    b2b_kind: B2BKind | UnsetType | None = UNSET
+    industry: ShortText | UnsetType | None = UNSET
+    size: ShortText | UnsetType | None = UNSET
+    region: ShortText | UnsetType | None = UNSET
+    address: LongText | UnsetType | None = UNSET
+    latitude: Latitude | UnsetType | None = UNSET
+    longitude: Longitude | UnsetType | None = UNSET
     owner_id: uuid.UUID | UnsetType = UNSET
-    territory_id: uuid.UUID | None | UnsetType = UNSET
-    credit_rating: Annotated[str, Meta(max_length=20, pattern=_NO_NUL)] | None | UnsetType = UNSET
-    credit_limit: Money | None | UnsetType = UNSET
-    annual_demand: Money | None | UnsetType = UNSET
+    territory_id: uuid.UUID | UnsetType | None = UNSET
+    credit_rating: Annotated[str, Meta(max_length=20, pattern=_NO_NUL)] | UnsetType | None = UNSET
+    credit_limit: Money | UnsetType | None = UNSET
+    annual_demand: Money | UnsetType | None = UNSET
     contact_cycle_days: Days | UnsetType = UNSET
     lifecycle_stage: LifecycleStage | UnsetType = UNSET
     tags: Tags | UnsetType = UNSET
@@ -172,12 +172,12 @@ class ContactCreate(Input, kw_only=True):
 
 class ContactUpdate(Input, kw_only=True):
     name: Name | UnsetType = UNSET
-    title: ShortText | None | UnsetType = UNSET
-    phone: Annotated[str, Meta(max_length=50, pattern=_NO_NUL)] | None | UnsetType = UNSET
-    email: Email | None | UnsetType = UNSET
-    buying_role: BuyingRole | None | UnsetType = UNSET
+    title: ShortText | UnsetType | None = UNSET
+    phone: Annotated[str, Meta(max_length=50, pattern=_NO_NUL)] | UnsetType | None = UNSET
+    email: Email | UnsetType | None = UNSET
+    buying_role: BuyingRole | UnsetType | None = UNSET
     consent: Consent | UnsetType = UNSET
-    birthday: dt.date | None | UnsetType = UNSET
+    birthday: dt.date | UnsetType | None = UNSET
 
 
 class ContactOut(Output, kw_only=True):
@@ -239,19 +239,19 @@ class LeadUpdate(Input, kw_only=True):
     """Fields a rep edits freely. Stage and status change only through moves."""
 
     title: Name | UnsetType = UNSET
-    account_id: uuid.UUID | None | UnsetType = UNSET
-    primary_contact_id: uuid.UUID | None | UnsetType = UNSET
+    account_id: uuid.UUID | UnsetType | None = UNSET
+    primary_contact_id: uuid.UUID | UnsetType | None = UNSET
     owner_id: uuid.UUID | UnsetType = UNSET
-    source_channel: SourceChannel | None | UnsetType = UNSET
-    product_interest: ShortText | None | UnsetType = UNSET
-    amount: Money | None | UnsetType = UNSET
+    source_channel: SourceChannel | UnsetType | None = UNSET
+    product_interest: ShortText | UnsetType | None = UNSET
+    amount: Money | UnsetType | None = UNSET
     currency: Currency | UnsetType = UNSET
-    expected_close_date: dt.date | None | UnsetType = UNSET
+    expected_close_date: dt.date | UnsetType | None = UNSET
     forecast_category: ForecastCategory | UnsetType = UNSET
-    probability_override: Probability | None | UnsetType = UNSET
+    probability_override: Probability | UnsetType | None = UNSET
     qualification: Qualification | UnsetType = UNSET
     visit_plan: VisitPlan | UnsetType = UNSET
-    next_step: LongText | None | UnsetType = UNSET
+    next_step: LongText | UnsetType | None = UNSET
     closing_signals: Annotated[list[ClosingSignal], Meta(max_length=10)] | UnsetType = UNSET
 
 
@@ -402,8 +402,8 @@ class ObjectionCreate(Input, kw_only=True):
 
 
 class ObjectionUpdate(Input, kw_only=True):
-    handling_method: HandlingMethod | None | UnsetType = UNSET
-    response: LongText | None | UnsetType = UNSET
+    handling_method: HandlingMethod | UnsetType | None = UNSET
+    response: LongText | UnsetType | None = UNSET
     status: ObjectionStatus | UnsetType = UNSET
 
 
@@ -437,7 +437,7 @@ class UserCreate(Input, kw_only=True):
 class UserUpdate(Input, kw_only=True):
     name: Name | UnsetType = UNSET
     role: Role | UnsetType = UNSET
-    team_id: uuid.UUID | None | UnsetType = UNSET
+    team_id: uuid.UUID | UnsetType | None = UNSET
     active: bool | UnsetType = UNSET
     password: Annotated[str, Meta(min_length=8, max_length=200, pattern=_NO_NUL)] | UnsetType = UNSET
     territory_ids: Annotated[list[uuid.UUID], Meta(max_length=100)] | UnsetType = UNSET
@@ -465,7 +465,7 @@ class TeamCreate(Input, kw_only=True):
 
 class TeamUpdate(Input, kw_only=True):
     name: Name | UnsetType = UNSET
-    manager_id: uuid.UUID | None | UnsetType = UNSET
+    manager_id: uuid.UUID | UnsetType | None = UNSET
 
 
 class TeamOut(Output, kw_only=True):
@@ -494,7 +494,6 @@ class TerritoryOut(Output, kw_only=True):
 
 
 # ---------------------------------------------------------------- pages
-
 
 
 class LeadPage(Output, kw_only=True):

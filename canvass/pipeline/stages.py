@@ -198,9 +198,7 @@ def check_outcome(facts: LeadFacts, outcome: Outcome, *, amount: float | None, r
             )
     elif outcome is Outcome.LOST:
         if not reason:
-            raise RuleViolation(
-                "outcome.lost_reason", "A lost deal needs its loss reason.", missing=["loss_reason"]
-            )
+            raise RuleViolation("outcome.lost_reason", "A lost deal needs its loss reason.", missing=["loss_reason"])
     elif outcome is Outcome.DISQUALIFIED:
         if facts.stage not in (Stage.PROSPECTING, Stage.QUALIFY):
             raise RuleViolation(
@@ -222,7 +220,5 @@ def check_reopen(facts: LeadFacts, *, role: Role) -> Stage:
     if role not in (Role.MANAGER, Role.ADMIN):
         raise RuleViolation("reopen.manager_only", "Only a manager can reopen a lost lead.")
     if facts.status is not LeadStatus.LOST:
-        raise RuleViolation(
-            "reopen.not_lost", f"Only lost leads can be reopened; this one is {facts.status.value}."
-        )
+        raise RuleViolation("reopen.not_lost", f"Only lost leads can be reopened; this one is {facts.status.value}.")
     return facts.lost_at_stage or Stage.CLOSE

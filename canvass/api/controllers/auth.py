@@ -7,9 +7,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, post
 from litestar.datastructures import State
+from litestar.params import JSONBody
 from msgspec import Meta
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from canvass.api.deps import Db
 from canvass.api.problems import PROBLEM_RESPONSES
 from canvass.api.security import access_token
 from canvass.pipeline.models import User
@@ -36,7 +37,7 @@ class TokenPair(msgspec.Struct, kw_only=True):
     role: Role
 
 
-async def _tokens(request: Request[Any, Any, Any], db: AsyncSession, user: User, team_path: str | None) -> TokenPair:
+async def _tokens(request: Request[Any, Any, Any], db: Db, user: User, team_path: str | None) -> TokenPair:
     state: State = request.app.state
     settings = state.settings
     refresh = await people.issue_refresh_token(db, user, days=settings.refresh_token_days)
@@ -57,13 +58,13 @@ class AuthController(Controller):
     security = []  # type: ignore[var-annotated]
 
     @post("/login", operation_id="login", responses=PROBLEM_RESPONSES, status_code=200)
-    async def login(self, request: Request[Any, Any, Any], db: AsyncSession, data: LoginRequest) -> TokenPair:
+    async def login(self, request: Request[Any, Any, Any], db: Db, data: JSONBody[LoginRequest]) -> TokenPair:
         """E-mail and password for a short-lived access token and a refresh token."""
         user, team_path = await people.authenticate(db, data.email, data.password)
         return await _tokens(request, db, user, team_path)
 
     @post("/refresh", operation_id="refreshToken", responses=PROBLEM_RESPONSES, status_code=200)
-    async def refresh(self, request: Request[Any, Any, Any], db: AsyncSession, data: RefreshRequest) -> TokenPair:
+    async def refresh(self, request: Request[Any, Any, Any], db: Db, data: JSONBody[RefreshRequest]) -> TokenPair:
         """Trade a refresh token (good once) for a new pair."""
         user, team_path = await people.redeem_refresh_token(db, data.refresh_token)
         return await _tokens(request, db, user, team_path)

@@ -112,7 +112,9 @@ async def update_account(
     return account
 
 
-async def delete_account(session: AsyncSession, actor: Actor, account_id: uuid.UUID, *, if_match: int | None = None) -> None:
+async def delete_account(
+    session: AsyncSession, actor: Actor, account_id: uuid.UUID, *, if_match: int | None = None
+) -> None:
     account = await get_account(session, actor, account_id)
     check_version(account.version, if_match)
     account.deleted_at = utcnow()
@@ -182,7 +184,9 @@ async def update_contact(
     return contact
 
 
-async def delete_contact(session: AsyncSession, actor: Actor, contact_id: uuid.UUID, *, if_match: int | None = None) -> None:
+async def delete_contact(
+    session: AsyncSession, actor: Actor, contact_id: uuid.UUID, *, if_match: int | None = None
+) -> None:
     contact = await get_contact(session, actor, contact_id)
     check_version(contact.version, if_match)
     contact.deleted_at = utcnow()

@@ -75,7 +75,9 @@ async def log_activity(session: AsyncSession, actor: Actor, data: ActivityCreate
     elif account_id is not None:
         await get_account(session, actor, account_id)
     else:
-        raise InvalidReference("An activity belongs to a lead or an account.", field="lead_id", missing=["lead_id", "account_id"])
+        raise InvalidReference(
+            "An activity belongs to a lead or an account.", field="lead_id", missing=["lead_id", "account_id"]
+        )
     if data.contact_id is not None:
         contact_account = await session.scalar(
             select(Contact.account_id).where(
@@ -129,7 +131,9 @@ async def check_out(session: AsyncSession, actor: Actor, activity_id: uuid.UUID,
     return activity
 
 
-async def complete_activity(session: AsyncSession, actor: Actor, activity_id: uuid.UUID, done: ActivityComplete) -> Activity:
+async def complete_activity(
+    session: AsyncSession, actor: Actor, activity_id: uuid.UUID, done: ActivityComplete
+) -> Activity:
     """Mark a task, call or meeting done."""
     activity = await get_activity(session, actor, activity_id)
     if activity.completed_at is not None:

@@ -110,7 +110,9 @@ def apply_patch(target: Any, patch: msgspec.Struct, *, skip: Sequence[str] = ())
     return changed
 
 
-async def team_path_of(session: AsyncSession, organization_id: uuid.UUID, user_id: uuid.UUID) -> tuple[bool, str | None] | None:
+async def team_path_of(
+    session: AsyncSession, organization_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[bool, str | None] | None:
     """(active, team path) of a user of the tenant, or None if there is no such user."""
     row = (
         await session.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+
 import msgspec
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +19,14 @@ from canvass.errors import AlreadyExists, InvalidReference, NotFound
 from canvass.pipeline import stages
 from canvass.pipeline.config import PipelineConfig
 from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, StageChange
-from canvass.pipeline.schemas import LeadCreate, LeadOut, LeadUpdate, OutcomeRecord, Reopen, StageMove
+from canvass.pipeline.schemas import (
+    LeadCreate,
+    LeadOut,
+    LeadUpdate,
+    OutcomeRecord,
+    Reopen,
+    StageMove,
+)
 from canvass.pipeline.scope import Actor, account_scope, lead_scope
 from canvass.pipeline.services.common import (
     SortKey,
@@ -107,9 +115,7 @@ async def _check_references(
         if contact_account is None:
             raise InvalidReference(f"No contact {contact_id}.", field="primary_contact_id")
         if account_id is None or contact_account != account_id:
-            raise InvalidReference(
-                "The primary contact must belong to the lead's account.", field="primary_contact_id"
-            )
+            raise InvalidReference("The primary contact must belong to the lead's account.", field="primary_contact_id")
 
 
 def _record_change(
@@ -330,9 +336,7 @@ def lead_probability(lead: Lead, config: PipelineConfig | None = None) -> float:
     return probabilities.get(Stage(lead.stage), 0.0)
 
 
-_LEAD_STORED_FIELDS = tuple(
-    f for f in LeadOut.__struct_fields__ if f not in ("probability", "qualification_score")
-)
+_LEAD_STORED_FIELDS = tuple(f for f in LeadOut.__struct_fields__ if f not in ("probability", "qualification_score"))
 
 
 def to_lead_out(lead: Lead, config: PipelineConfig | None = None) -> LeadOut:

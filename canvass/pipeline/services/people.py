@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Sequence
 
 from argon2 import PasswordHasher
-from msgspec import UNSET
 from argon2.exceptions import InvalidHashError, VerificationError
+from msgspec import UNSET
 from sqlalchemy import and_, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -141,7 +141,9 @@ def _require_admin(actor: Actor) -> None:
         raise Forbidden("Only an admin manages users, teams and territories.")
 
 
-async def _territory_ids(session: AsyncSession, org: uuid.UUID, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
+async def _territory_ids(
+    session: AsyncSession, org: uuid.UUID, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[uuid.UUID]]:
     rows = await session.execute(
         select(UserTerritory.user_id, UserTerritory.territory_id).where(
             UserTerritory.organization_id == org, UserTerritory.user_id.in_(user_ids)
@@ -172,7 +174,9 @@ async def users_out(session: AsyncSession, org: uuid.UUID, users: Sequence[User]
     ]
 
 
-async def _check_team(session: AsyncSession, org: uuid.UUID, team_id: uuid.UUID | None, field: str = "team_id") -> Team | None:
+async def _check_team(
+    session: AsyncSession, org: uuid.UUID, team_id: uuid.UUID | None, field: str = "team_id"
+) -> Team | None:
     if team_id is None:
         return None
     team = await session.get(Team, (org, team_id))
@@ -181,15 +185,23 @@ async def _check_team(session: AsyncSession, org: uuid.UUID, team_id: uuid.UUID 
     return team
 
 
-async def _set_territories(session: AsyncSession, org: uuid.UUID, user_id: uuid.UUID, territory_ids: list[uuid.UUID]) -> None:
+async def _set_territories(
+    session: AsyncSession, org: uuid.UUID, user_id: uuid.UUID, territory_ids: list[uuid.UUID]
+) -> None:
     wanted = set(territory_ids)
     if wanted:
         found = set(
-            (await session.scalars(select(Territory.id).where(Territory.organization_id == org, Territory.id.in_(wanted)))).all()
+            (
+                await session.scalars(
+                    select(Territory.id).where(Territory.organization_id == org, Territory.id.in_(wanted))
+                )
+            ).all()
         )
         if missing := wanted - found:
             raise InvalidReference(f"No territory {sorted(map(str, missing))[0]}.", field="territory_ids")
-    await session.execute(delete(UserTerritory).where(UserTerritory.organization_id == org, UserTerritory.user_id == user_id))
+    await session.execute(
+        delete(UserTerritory).where(UserTerritory.organization_id == org, UserTerritory.user_id == user_id)
+    )
     session.add_all(UserTerritory(organization_id=org, user_id=user_id, territory_id=t) for t in wanted)
 
 
@@ -242,7 +254,9 @@ async def list_users(
         stmt = stmt.join(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id)).where(
             Team.path.startswith(actor.team_path)
         )
-    return await paginate(session, stmt, id_column=User.id, key=timestamp_key(User.created_at), limit=limit, cursor=cursor)
+    return await paginate(
+        session, stmt, id_column=User.id, key=timestamp_key(User.created_at), limit=limit, cursor=cursor
+    )
 
 
 async def update_user(
@@ -340,4 +354,3 @@ async def list_territories(session: AsyncSession, actor: Actor) -> Sequence[Terr
             select(Territory).where(Territory.organization_id == actor.organization_id).order_by(Territory.name)
         )
     ).all()
-
