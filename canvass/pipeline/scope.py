@@ -12,6 +12,7 @@ import uuid
 
 import msgspec
 from sqlalchemy import ColumnElement, and_, exists, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute
 
 from canvass.pipeline.models import Account, Activity, Lead, Team, User
 from canvass.pipeline.vocabulary import Role
@@ -36,7 +37,7 @@ class Actor(msgspec.Struct, frozen=True, kw_only=True):
         return self.role is Role.MANAGER
 
 
-def visible_owner(actor: Actor, owner_column: ColumnElement[uuid.UUID]) -> ColumnElement[bool]:
+def visible_owner(actor: Actor, owner_column: InstrumentedAttribute[uuid.UUID]) -> ColumnElement[bool]:
     """Records owned by someone the actor may see."""
     if actor.role is Role.ADMIN:
         return true()

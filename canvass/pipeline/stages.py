@@ -48,9 +48,10 @@ class LeadFacts(msgspec.Struct, kw_only=True, frozen=True):
 def qualification_score(answers: dict[str, Any]) -> int | None:
     """0–100: the four criteria's sum over their maximum. ``None`` while any is unscored."""
     scores = [answers.get(name) for name in QUALIFICATION_CRITERIA]
-    if any(not isinstance(s, int | float) for s in scores):
+    numeric = [float(s) for s in scores if isinstance(s, int | float) and not isinstance(s, bool)]
+    if len(numeric) < len(scores):
         return None
-    total = sum(float(s) for s in scores)  # type: ignore[arg-type]
+    total = sum(numeric)
     return round(100 * total / (CRITERION_MAX * len(QUALIFICATION_CRITERIA)))
 
 
