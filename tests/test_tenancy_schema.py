@@ -33,7 +33,10 @@ def _inspect(database_url: str) -> dict[str, dict[str, Any]]:
                     "columns": [c["name"] for c in insp.get_columns(table)],
                     "pk": insp.get_pk_constraint(table)["constrained_columns"],
                     "unique": [u["column_names"] for u in insp.get_unique_constraints(table)],
-                    "fks": [(f["constrained_columns"], f["referred_table"], f["referred_columns"]) for f in insp.get_foreign_keys(table)],
+                    "fks": [
+                        (f["constrained_columns"], f["referred_table"], f["referred_columns"])
+                        for f in insp.get_foreign_keys(table)
+                    ],
                     "indexes": [(i["name"], i["column_names"]) for i in insp.get_indexes(table)],
                 }
                 for table in insp.get_table_names()
@@ -57,7 +60,9 @@ def _tenant_tables(schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
 
 
 def test_the_migrations_built_the_tenant_tables(schema: dict[str, dict[str, Any]]) -> None:
-    assert {"leads", "stage_changes", "accounts", "contacts", "users", "teams", "activities", "objections"} <= set(schema)
+    assert {"leads", "stage_changes", "accounts", "contacts", "users", "teams", "activities", "objections"} <= set(
+        schema
+    )
 
 
 def test_every_tenant_table_is_keyed_by_organization_first(schema: dict[str, dict[str, Any]]) -> None:
