@@ -280,6 +280,9 @@ class StageChange(TenantMixin, Base):
     status: Mapped[str] = mapped_column(String(16))
     amount: Mapped[float | None] = mapped_column(Money)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # When the lead entered ``from_stage``: the time spent there is ``at`` minus
+    # this, row-local, so funnel reports aggregate durations without window scans.
+    from_stage_entered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     by_user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     by_device_id: Mapped[str | None] = mapped_column(String(100))
     note: Mapped[str | None] = mapped_column(Text)

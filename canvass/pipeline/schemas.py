@@ -325,6 +325,7 @@ class StageChangeOut(Output, kw_only=True):
     status: LeadStatus
     amount: float | None
     at: dt.datetime
+    from_stage_entered_at: dt.datetime | None
     by_user_id: uuid.UUID | None
     by_device_id: str | None
     note: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from litestar.testing import TestClient
@@ -78,3 +79,10 @@ def test_rep_moves_a_lead_through_every_stage(client: TestClient[Any], tenant: T
         "after_sale",
     ]
     assert history[-2]["status"] == "won"
+    # Each move records when the lead entered the stage it leaves (time-in-stage).
+    entered = history[0]["at"]
+    for before, after in itertools.pairwise(history):
+        assert after["from_stage"] == before["to_stage"]
+        assert after["from_stage_entered_at"] == entered
+        if after["to_stage"] != after["from_stage"]:
+            entered = after["at"]

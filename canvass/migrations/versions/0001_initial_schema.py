@@ -351,6 +351,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("amount", sa.Numeric(precision=16, scale=2, asdecimal=False), nullable=True),
         sa.Column("at", canvass.db.UTCDateTime(), nullable=False),
+        sa.Column("from_stage_entered_at", canvass.db.UTCDateTime(), nullable=True),
         sa.Column("by_user_id", sa.Uuid(), nullable=True),
         sa.Column("by_device_id", sa.String(length=100), nullable=True),
         sa.Column("note", sa.Text(), nullable=True),

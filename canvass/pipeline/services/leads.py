@@ -125,6 +125,7 @@ def _record_change(
     *,
     from_stage: str | None,
     at: dt.datetime,
+    from_stage_entered_at: dt.datetime | None = None,
     note: str | None = None,
     imported: bool = False,
 ) -> StageChange:
@@ -136,6 +137,7 @@ def _record_change(
         status=lead.status,
         amount=lead.amount,
         at=at,
+        from_stage_entered_at=from_stage_entered_at,
         by_user_id=actor.user_id,
         by_device_id=actor.device_id,
         note=note,
@@ -248,14 +250,22 @@ async def move_stage(
     facts = await lead_facts(session, lead)
     stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
     at = move.at or utcnow()
-    from_stage = lead.stage
+    from_stage, entered = lead.stage, lead.stage_entered_at
     if move.override_reason and from_stage == Stage.QUALIFY.value:
         score = stages.qualification_score(facts.qualification)
         if score is None or score < config.gates.qualify.threshold:
             lead.qualification_override_reason = move.override_reason
     lead.stage = move.to_stage.value
     lead.stage_entered_at = at
-    _record_change(session, actor, lead, from_stage=from_stage, at=at, note=move.note or move.override_reason)
+    _record_change(
+        session,
+        actor,
+        lead,
+        from_stage=from_stage,
+        at=at,
+        from_stage_entered_at=entered,
+        note=move.note or move.override_reason,
+    )
     await session.flush()
     return lead
 
@@ -269,7 +279,7 @@ async def record_outcome(
     amount = record.amount if record.amount is not None else lead.amount
     stages.check_outcome(facts, record.outcome, amount=amount, reason=record.loss_reason)
     at = record.at or utcnow()
-    from_stage = lead.stage
+    from_stage, entered = lead.stage, lead.stage_entered_at
     lead.status = record.outcome.value
     lead.closed_at = at
     if record.closing_method:
@@ -288,7 +298,15 @@ async def record_outcome(
             lead.stage = Stage.CLOSE.value
     if lead.stage != from_stage:
         lead.stage_entered_at = at
-    _record_change(session, actor, lead, from_stage=from_stage, at=at, note=record.note or record.loss_reason)
+    _record_change(
+        session,
+        actor,
+        lead,
+        from_stage=from_stage,
+        at=at,
+        from_stage_entered_at=entered,
+        note=record.note or record.loss_reason,
+    )
     await session.flush()
     return lead
 
@@ -301,14 +319,22 @@ async def reopen_lead(
     facts = await lead_facts(session, lead)
     back_to = stages.check_reopen(facts, role=actor.role)
     at = utcnow()
-    from_stage = lead.stage
+    from_stage, entered = lead.stage, lead.stage_entered_at
     lead.stage = back_to.value
     lead.status = LeadStatus.OPEN.value
     lead.stage_entered_at = at
     lead.closed_at = None
     lead.lost_at_stage = None
     lead.forecast_category = ForecastCategory.PIPELINE.value
-    _record_change(session, actor, lead, from_stage=from_stage, at=at, note=request.note or "reopened")
+    _record_change(
+        session,
+        actor,
+        lead,
+        from_stage=from_stage,
+        at=at,
+        from_stage_entered_at=entered,
+        note=request.note or "reopened",
+    )
     await session.flush()
     return lead
 
