@@ -24,6 +24,7 @@ from canvass.api.controllers.people import (
     TerritoryController,
     UserController,
 )
+from canvass.api.controllers.reports import ReportController
 from canvass.api.deps import provide_actor, provide_db
 from canvass.api.problems import exception_handlers
 from canvass.api.security import build_jwt_auth
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
             TeamController,
             TerritoryController,
             SettingsController,
+            ReportController,
             create_static_files_router(
                 path=_SWAGGER_ASSETS, directories=[swagger_ui.static_path], include_in_schema=False
             ),
