@@ -114,3 +114,20 @@ def test_funnel_as_csv_has_a_row_per_stage(client: TestClient[Any], tenant: Tena
         "prospecting", "qualify", "approach", "negotiate", "handle_objections", "close", "after_sale",
     ]  # fmt: skip
     assert rows[2].split(",")[1] == "3"
+
+
+@pytest.mark.parametrize("kind", ["funnel", "durations"])
+def test_funnel_charts_are_png_images(client: TestClient[Any], tenant: Tenant, history: dt.datetime, kind: str) -> None:
+    query = {"from": (history - DAY).date().isoformat(), "to": (history + 30 * DAY).date().isoformat(), "kind": kind}
+    r = client.get("/api/v1/reports/funnel/chart", params=query, headers=tenant.manager_a.headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert r.content.startswith(b"\x89PNG\r\n\x1a\n") and len(r.content) > 5000
+
+
+def test_funnel_refuses_an_empty_period(client: TestClient[Any], tenant: Tenant) -> None:
+    r = client.get(
+        "/api/v1/reports/funnel", params={"from": "2026-05-01", "to": "2026-04-01"}, headers=tenant.admin.headers
+    )
+    assert r.status_code == 422
+    assert r.json()["field"] == "query.from"
