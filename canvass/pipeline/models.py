@@ -350,3 +350,70 @@ class Objection(TenantMixin, Versioned, Base):
         _tenant_fk(["lead_id"], "leads"),
         Index("ix_objections_org_lead", "organization_id", "lead_id"),
     )
+
+
+# ---------------------------------------------------------------- forecasting records
+
+
+class Quota(TenantMixin, Versioned, Base):
+    """What a rep (or a manager, for their team) is expected to win in a period."""
+
+    __tablename__ = "quotas"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    period_start: Mapped[dt.date] = mapped_column(Date)
+    period_end: Mapped[dt.date] = mapped_column(Date)  # exclusive
+    amount: Mapped[float] = mapped_column(Money)
+
+    __table_args__ = (
+        _tenant_fk(["user_id"], "users"),
+        UniqueConstraint("organization_id", "user_id", "period_start", "period_end"),
+    )
+
+
+class ForecastSubmission(TenantMixin, Base):
+    """The sales-force composite: a rep's own call for a period (``commit``), or a
+    manager's adjustment of a rep's or their team's call (``adjustment``).
+    Append-only; the latest submission per person, period and kind counts."""
+
+    __tablename__ = "forecast_submissions"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)  # whose forecast it is
+    submitted_by_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    kind: Mapped[str] = mapped_column(String(16))
+    period_start: Mapped[dt.date] = mapped_column(Date)
+    period_end: Mapped[dt.date] = mapped_column(Date)
+    commit_amount: Mapped[float] = mapped_column(Money)
+    best_case_amount: Mapped[float | None] = mapped_column(Money)
+    note: Mapped[str | None] = mapped_column(Text)
+    submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        _tenant_fk(["user_id"], "users"),
+        _tenant_fk(["submitted_by_id"], "users"),
+        Index("ix_forecast_submissions_org_period", "organization_id", "period_start", "user_id"),
+    )
+
+
+class ForecastSnapshot(TenantMixin, Base):
+    """A forecast as it was made, kept so its accuracy and each rep's bias can be
+    measured once the period is over."""
+
+    __tablename__ = "forecast_snapshots"
+
+    taken_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    as_of: Mapped[dt.date] = mapped_column(Date)
+    horizon_days: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(40))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # null: the whole tenant
+    revenue: Mapped[float] = mapped_column(Money)
+    revenue_p10: Mapped[float | None] = mapped_column(Money)
+    revenue_p50: Mapped[float | None] = mapped_column(Money)
+    revenue_p90: Mapped[float | None] = mapped_column(Money)
+    deals: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (
+        _tenant_fk(["user_id"], "users"),
+        Index("ix_forecast_snapshots_org_as_of", "organization_id", "as_of", "method"),
+    )
