@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from canvass.api.controllers.accounts import AccountController, ContactController
 from canvass.api.controllers.activities import ActivityController, ObjectionController
 from canvass.api.controllers.auth import AuthController
+from canvass.api.controllers.forecasts import ForecastController
 from canvass.api.controllers.leads import LeadController
 from canvass.api.controllers.people import (
     SettingsController,
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
             TerritoryController,
             SettingsController,
             ReportController,
+            ForecastController,
             create_static_files_router(
                 path=_SWAGGER_ASSETS, directories=[swagger_ui.static_path], include_in_schema=False
             ),

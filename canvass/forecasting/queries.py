@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Integer, and_, case, cast, distinct, func,
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.pipeline.models import Account, Lead, StageChange, Team, User
-from canvass.pipeline.scope import Actor, lead_scope
+from canvass.pipeline.scope import Actor, lead_scope, visible_owner
 from canvass.pipeline.vocabulary import STAGE_ORDER, LeadStatus
 
 STAGE_INDEX = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
@@ -291,3 +291,102 @@ async def stuck_leads(
     return total, [
         OpenLead(id=r[0], title=r[1], owner_id=r[2], stage=r[3], stage_entered_at=r[4], amount=r[5]) for r in rows
     ]
+
+
+class OwnerPipeline(msgspec.Struct, kw_only=True):
+    """Open deals of one owner expected to close in the period, by category."""
+
+    owner_id: uuid.UUID
+    category: str
+    deals: int
+    amount: float
+    weighted: float  # amount × probability (the rep's override, else the stage's)
+    stale_amount: float  # amount of deals not touched since the freshness cut-off
+
+
+async def pipeline_by_owner(
+    session: AsyncSession, actor: Actor, period: Period, probabilities: dict[str, float], stale_before: dt.datetime
+) -> list[OwnerPipeline]:
+    probability = func.coalesce(Lead.probability_override, case(probabilities, value=Lead.stage, else_=0.0))
+    amount = func.coalesce(Lead.amount, 0.0)
+    rows = (
+        await session.execute(
+            select(
+                Lead.owner_id,
+                Lead.forecast_category,
+                func.count(),
+                func.sum(amount),
+                func.sum(amount * probability),
+                func.sum(case((Lead.updated_at < stale_before, amount), else_=0.0)),
+            )
+            .where(
+                lead_scope(actor),
+                Lead.status == LeadStatus.OPEN.value,
+                Lead.expected_close_date >= period.start.date(),
+                Lead.expected_close_date < period.end.date(),
+            )
+            .group_by(Lead.owner_id, Lead.forecast_category)
+        )
+    ).all()
+    return [
+        OwnerPipeline(
+            owner_id=r[0],
+            category=r[1],
+            deals=int(r[2]),
+            amount=float(r[3] or 0.0),
+            weighted=float(r[4] or 0.0),
+            stale_amount=float(r[5] or 0.0),
+        )
+        for r in rows
+    ]
+
+
+async def won_by_owner(session: AsyncSession, actor: Actor, period: Period) -> dict[uuid.UUID, tuple[int, float]]:
+    rows = await session.execute(
+        select(Lead.owner_id, func.count(), func.coalesce(func.sum(Lead.amount), 0.0))
+        .where(
+            lead_scope(actor),
+            Lead.status == LeadStatus.WON.value,
+            Lead.closed_at >= period.start,
+            Lead.closed_at < period.end,
+        )
+        .group_by(Lead.owner_id)
+    )
+    return {owner: (int(n), float(amount or 0.0)) for owner, n, amount in rows}
+
+
+class Person(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+    role: str
+    team_id: uuid.UUID | None
+
+
+class TeamNode(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+    path: str
+    manager_id: uuid.UUID | None
+
+
+async def people_and_teams(session: AsyncSession, actor: Actor) -> tuple[list[Person], list[TeamNode]]:
+    """The people the actor sees, and the teams of the actor's subtree (all for an admin)."""
+    users = (
+        await session.execute(
+            select(User.id, User.name, User.role, User.team_id).where(
+                User.organization_id == actor.organization_id, visible_owner(actor, User.id)
+            )
+        )
+    ).all()
+    teams_stmt = select(Team.id, Team.name, Team.path, Team.manager_id).where(
+        Team.organization_id == actor.organization_id
+    )
+    if actor.role.value == "rep":
+        return [Person(id=u[0], name=u[1], role=u[2], team_id=u[3]) for u in users], []
+    if actor.role.value != "admin":
+        teams_stmt = teams_stmt.where(Team.path.startswith(actor.team_path or "\x00none"))
+    teams = (await session.execute(teams_stmt.order_by(Team.path))).all()
+    return (
+        [Person(id=u[0], name=u[1], role=u[2], team_id=u[3]) for u in users],
+        [TeamNode(id=t[0], name=t[1], path=t[2], manager_id=t[3]) for t in teams],
+    )

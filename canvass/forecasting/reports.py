@@ -7,8 +7,10 @@ import datetime as dt
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
-from canvass.forecasting import funnel, queries
+from canvass.forecasting import funnel, queries, rollup
 from canvass.pipeline.scope import Actor
+from canvass.pipeline.services import quotas
+from canvass.pipeline.services.organizations import pipeline_config
 
 STUCK_LIST_LIMIT = 100
 
@@ -42,4 +44,33 @@ async def funnel_report(
         stuck_total=stuck_total,
         stuck=stuck,
         now=now,
+    )
+
+
+async def forecast_rollup(
+    session: AsyncSession,
+    actor: Actor,
+    period: queries.Period,
+    *,
+    freshness_hours: int = 72,
+    now: dt.datetime | None = None,
+) -> rollup.ForecastRollup:
+    now = now or utcnow()
+    config = await pipeline_config(session, actor.organization_id)
+    probabilities = {stage.value: p for stage, p in config.stage_probabilities.items()}
+    start, end = period.start.date(), period.end.date()
+    people, teams = await queries.people_and_teams(session, actor)
+    calls = await quotas.latest_calls(session, actor, start, end)
+    return rollup.roll_up(
+        period_start=start,
+        period_end=end,
+        people=people,
+        teams=teams,
+        open_deals=await queries.pipeline_by_owner(
+            session, actor, period, probabilities, now - dt.timedelta(hours=freshness_hours)
+        ),
+        won=await queries.won_by_owner(session, actor, period),
+        quotas=await quotas.quotas_for(session, actor, start, end),
+        calls={key: s.commit_amount for key, s in calls.items()},
+        freshness_hours=freshness_hours,
     )

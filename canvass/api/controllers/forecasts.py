@@ -1,0 +1,84 @@
+"""Forecasts rolled up the team tree, quotas, and the forecasts people submit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from litestar import Controller, Response, get, post, put
+from litestar.params import JSONBody, Parameter
+from litestar.status_codes import HTTP_201_CREATED
+
+from canvass.api.deps import CurrentActor, Db, to_out
+from canvass.api.problems import PROBLEM_RESPONSES
+from canvass.forecasting.queries import Period
+from canvass.forecasting.reports import forecast_rollup
+from canvass.forecasting.rollup import ForecastRollup
+from canvass.pipeline.services import quotas as service
+from canvass.pipeline.services.quotas import QuotaOut, QuotaSet, SubmissionCreate, SubmissionOut
+
+
+def calendar_period(kind: str, offset: int, today: dt.date | None = None) -> Period:
+    """This (offset 0) or a following month or quarter, as a half-open period."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    months = 1 if kind == "month" else 3
+    first_month = today.month if kind == "month" else 3 * ((today.month - 1) // 3) + 1
+    index = today.year * 12 + (first_month - 1) + offset * months
+    start = dt.date(index // 12, index % 12 + 1, 1)
+    end_index = index + months
+    end = dt.date(end_index // 12, end_index % 12 + 1, 1)
+    return Period(dt.datetime.combine(start, dt.time(), dt.UTC), dt.datetime.combine(end, dt.time(), dt.UTC))
+
+
+PeriodStart = Annotated[dt.date | None, Parameter(required=False)]
+
+
+class ForecastController(Controller):
+    path = "/api/v1"
+    tags = ["forecasts"]
+
+    @get("/forecasts", operation_id="getForecastRollup", responses=PROBLEM_RESPONSES)
+    async def rollup(
+        self,
+        db: Db,
+        actor: CurrentActor,
+        period: Literal["month", "quarter"] = "quarter",
+        offset: Annotated[int, Parameter(ge=0, le=8)] = 0,
+        freshness_hours: Annotated[int, Parameter(ge=1, le=24 * 90)] = 72,
+    ) -> ForecastRollup:
+        """Won so far, open pipeline by forecast category, weighted pipeline, each
+        person's call (a manager's adjustment overrides the rep's commit), quota and
+        attainment — per rep and for every team subtree in the caller's scope — for
+        this (offset 0) or a following month or quarter; with a statement of how
+        fresh the open pipeline is."""
+        return await forecast_rollup(db, actor, calendar_period(period, offset), freshness_hours=freshness_hours)
+
+    @get("/quotas", operation_id="listQuotas", responses=PROBLEM_RESPONSES)
+    async def list_quotas(
+        self, db: Db, actor: CurrentActor, period_start: PeriodStart = None, period_end: PeriodStart = None
+    ) -> list[QuotaOut]:
+        rows = await service.list_quotas(db, actor, period_start=period_start, period_end=period_end)
+        return [to_out(QuotaOut, q) for q in rows]
+
+    @put("/quotas", operation_id="setQuota", responses=PROBLEM_RESPONSES)
+    async def set_quota(self, db: Db, actor: CurrentActor, data: JSONBody[QuotaSet]) -> QuotaOut:
+        """Create or replace a person's quota for a period (managers: their subtree)."""
+        return to_out(QuotaOut, await service.set_quota(db, actor, data))
+
+    @get("/forecast-submissions", operation_id="listForecastSubmissions", responses=PROBLEM_RESPONSES)
+    async def list_submissions(
+        self, db: Db, actor: CurrentActor, period_start: PeriodStart = None, period_end: PeriodStart = None
+    ) -> list[SubmissionOut]:
+        rows = await service.list_submissions(db, actor, period_start=period_start, period_end=period_end)
+        return [to_out(SubmissionOut, s) for s in rows]
+
+    @post(
+        "/forecast-submissions",
+        operation_id="submitForecast",
+        responses=PROBLEM_RESPONSES,
+        status_code=HTTP_201_CREATED,
+    )
+    async def submit(self, db: Db, actor: CurrentActor, data: JSONBody[SubmissionCreate]) -> Response[SubmissionOut]:
+        """A rep's own call for a period, or a manager's adjustment of someone in
+        their subtree (weekly and monthly, e.g. before the 25th)."""
+        return Response(to_out(SubmissionOut, await service.submit_forecast(db, actor, data)), status_code=201)
