@@ -230,6 +230,8 @@ class Lead(TenantMixin, Versioned, Base):
     __tablename__ = "leads"
 
     title: Mapped[str] = mapped_column(String(300))
+    # The lead's id in the system it was imported from (one import per reference).
+    external_ref: Mapped[str | None] = mapped_column(String(100))
     account_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     primary_contact_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     owner_id: Mapped[uuid.UUID] = mapped_column(Uuid)
@@ -265,6 +267,7 @@ class Lead(TenantMixin, Versioned, Base):
         Index("ix_leads_org_updated", "organization_id", "updated_at", "id"),
         Index("ix_leads_org_account", "organization_id", "account_id"),
         Index("ix_leads_org_stage_status", "organization_id", "stage", "status"),
+        UniqueConstraint("organization_id", "external_ref"),
     )
 
 

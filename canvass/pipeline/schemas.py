@@ -220,6 +220,7 @@ class VisitPlan(Input, kw_only=True):
 class LeadCreate(Input, kw_only=True):
     id: uuid.UUID | None = None
     title: Name
+    external_ref: Annotated[str, Meta(min_length=1, max_length=100, pattern=_NO_NUL)] | None = None
     account_id: uuid.UUID | None = None
     primary_contact_id: uuid.UUID | None = None
     owner_id: uuid.UUID | None = None  # default: the caller
@@ -258,6 +259,7 @@ class LeadUpdate(Input, kw_only=True):
 class LeadOut(Output, kw_only=True):
     id: uuid.UUID
     title: str
+    external_ref: str | None
     account_id: uuid.UUID | None
     primary_contact_id: uuid.UUID | None
     owner_id: uuid.UUID

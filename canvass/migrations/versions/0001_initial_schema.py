@@ -211,6 +211,7 @@ def upgrade() -> None:
     op.create_table(
         "leads",
         sa.Column("title", sa.String(length=300), nullable=False),
+        sa.Column("external_ref", sa.String(length=100), nullable=True),
         sa.Column("account_id", sa.Uuid(), nullable=True),
         sa.Column("primary_contact_id", sa.Uuid(), nullable=True),
         sa.Column("owner_id", sa.Uuid(), nullable=False),
@@ -256,6 +257,7 @@ def upgrade() -> None:
             name=op.f("fk_leads_organization_id_primary_contact_id_contacts"),
         ),
         sa.PrimaryKeyConstraint("organization_id", "id", name=op.f("pk_leads")),
+        sa.UniqueConstraint("organization_id", "external_ref", name=op.f("uq_leads_organization_id_external_ref")),
     )
     with op.batch_alter_table("leads", schema=None) as batch_op:
         batch_op.create_index("ix_leads_org_account", ["organization_id", "account_id"], unique=False)
