@@ -78,9 +78,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def create_engine(async_url: str, *, pool_size: int = 10) -> AsyncEngine:
     if async_url.startswith("sqlite"):
+        in_memory = async_url.rstrip("/").endswith("aiosqlite:") or ":memory:" in async_url
         # aiosqlite runs each connection in its own thread; a small pool of
         # reusable connections avoids re-opening the file per request.
-        engine = create_async_engine(async_url, pool_size=pool_size, max_overflow=10)
+        pooling = {} if in_memory else {"pool_size": pool_size, "max_overflow": 10}
+        engine = create_async_engine(async_url, **pooling)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if async_url.endswith("?pool=null"):

@@ -56,6 +56,11 @@ IfMatch = Annotated[
     str | None,
     Parameter(header="If-Match", required=False, description="The ETag you read; 412 if the record changed since."),
 ]
+# Free-text query parameters: bounded, and never a NUL (PostgreSQL refuses it).
+SearchText = Annotated[
+    str | None,
+    Parameter(max_length=200, pattern=r"^[^\x00]*$", required=False, description="Text to search for."),
+]
 Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size (1–200).")]
 Cursor = Annotated[
     str | None, Parameter(max_length=500, description="`next_cursor` from the previous page.", required=False)

@@ -8,6 +8,7 @@ switch on it. Validation errors list each offending field by its path
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
     PermissionDeniedException,
+    SerializationException,
     ValidationException,
 )
 from litestar.openapi.datastructures import ResponseSpec
@@ -79,9 +81,19 @@ def _canvass_error(request: Request[Any, Any, Any], exc: CanvassError) -> Respon
     )
 
 
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+
+
 def _field_path(error: dict[str, Any]) -> str:
+    """``body.amount``, ``query.limit``: where the offending value is."""
     source = error.get("source") or "body"
-    key = error.get("key") or ""
+    source = getattr(source, "value", source)  # Litestar passes an enum for parameters
+    key = str(error.get("key") or "")
+    if key == "data":  # the body as a whole: the message names the field, if any
+        key = ""
+    unknown = _UNKNOWN_FIELD.search(str(error.get("message", "")))
+    if unknown:
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
     return f"{source}.{key}" if key else str(source)
 
 
@@ -124,7 +136,7 @@ _HTTP_CODES = {
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     code, title = _HTTP_CODES.get(status, ("http-error", "Request failed"))
-    if status == 400 and "json" in str(exc.detail).lower():
+    if status == 400 and isinstance(exc.__cause__, SerializationException):
         code, title = "malformed-body", "Malformed request body"
     headers = dict(exc.headers or {})
     if isinstance(exc, NotAuthorizedException):
@@ -179,7 +191,9 @@ exception_handlers: dict[type[Exception] | int, Any] = {
 
 
 def _spec(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE)
+    return ResponseSpec(
+        data_container=Problem, description=description, media_type=PROBLEM_MEDIA_TYPE, generate_examples=False
+    )
 
 
 # The error responses every authenticated operation may give, for the OpenAPI document.

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from sqlalchemy import ColumnElement, Integer, and_, case, cast, distinct, func, select
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, distinct, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.pipeline.models import Account, Lead, StageChange, Team, User
@@ -48,12 +48,15 @@ async def _cut_condition(session: AsyncSession, actor: Actor, cut: FunnelCut) ->
         team_path = await session.scalar(
             select(Team.path).where(Team.organization_id == actor.organization_id, Team.id == cut.team_id)
         )
-        members = (
-            select(User.id)
-            .join(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
-            .where(User.organization_id == actor.organization_id, Team.path.startswith(team_path or "\x00none"))
-        )
-        conditions.append(Lead.owner_id.in_(members))
+        if team_path is None:
+            conditions.append(false())  # no such team: an empty report, not an error
+        else:
+            members = (
+                select(User.id)
+                .join(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
+                .where(User.organization_id == actor.organization_id, Team.path.startswith(team_path))
+            )
+            conditions.append(Lead.owner_id.in_(members))
     if cut.territory_id:
         accounts = select(Account.id).where(
             Account.organization_id == actor.organization_id, Account.territory_id == cut.territory_id
@@ -384,7 +387,9 @@ async def people_and_teams(session: AsyncSession, actor: Actor) -> tuple[list[Pe
     if actor.role.value == "rep":
         return [Person(id=u[0], name=u[1], role=u[2], team_id=u[3]) for u in users], []
     if actor.role.value != "admin":
-        teams_stmt = teams_stmt.where(Team.path.startswith(actor.team_path or "\x00none"))
+        if not actor.team_path:
+            return [Person(id=u[0], name=u[1], role=u[2], team_id=u[3]) for u in users], []
+        teams_stmt = teams_stmt.where(Team.path.startswith(actor.team_path))
     teams = (await session.execute(teams_stmt.order_by(Team.path))).all()
     return (
         [Person(id=u[0], name=u[1], role=u[2], team_id=u[3]) for u in users],

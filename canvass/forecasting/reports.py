@@ -57,7 +57,7 @@ async def forecast_rollup(
 ) -> rollup.ForecastRollup:
     now = now or utcnow()
     config = await pipeline_config(session, actor.organization_id)
-    probabilities = {stage.value: p for stage, p in config.stage_probabilities.items()}
+    probabilities = {stage.value: p for stage, p in config.probabilities().items()}
     start, end = period.start.date(), period.end.date()
     people, teams = await queries.people_and_teams(session, actor)
     calls = await quotas.latest_calls(session, actor, start, end)

@@ -4,7 +4,7 @@ decoded into these structs, so every default lives here and nowhere else."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -14,12 +14,12 @@ from canvass.pipeline.vocabulary import Stage
 class QualifyGate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     # Qualification score (0–100) a lead needs to leave `qualify`.
-    threshold: int = msgspec.field(default=60)
+    threshold: Annotated[int, msgspec.Meta(ge=0, le=100)] = 60
 
 
 class ApproachGate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
-    min_completed_visits: int = 1
+    min_completed_visits: Annotated[int, msgspec.Meta(ge=0, le=50)] = 1
 
 
 class SimpleGate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -48,9 +48,19 @@ DEFAULT_STAGE_PROBABILITIES: dict[Stage, float] = {
 
 class PipelineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gates: Gates = msgspec.field(default_factory=Gates)
-    stage_probabilities: dict[Stage, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_STAGE_PROBABILITIES))
-    follow_up_days: list[int] = msgspec.field(default_factory=lambda: [3, 7, 30])
-    contact_cycle_days: int = 30  # 两次联系间隔不得超过一个月
+    # Stages left out keep their default probability.
+    stage_probabilities: dict[Stage, Annotated[float, msgspec.Meta(ge=0, le=1)]] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_STAGE_PROBABILITIES)
+    )
+    # After-sale callbacks (回访), days after the order.
+    follow_up_days: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=3650)]], msgspec.Meta(max_length=20)] = (
+        msgspec.field(default_factory=lambda: [3, 7, 30])
+    )
+    contact_cycle_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30  # 两次联系间隔不得超过一个月
+
+    def probabilities(self) -> dict[Stage, float]:
+        """Every stage's probability: the organization's where set, else the default."""
+        return {**DEFAULT_STAGE_PROBABILITIES, **self.stage_probabilities}
 
 
 def decode_config(raw: dict[str, Any] | None) -> PipelineConfig:

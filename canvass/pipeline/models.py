@@ -55,7 +55,7 @@ class Organization(Base):
     __tablename__ = "organizations"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
     slug: Mapped[str] = mapped_column(String(80), unique=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -100,7 +100,7 @@ class Team(TenantMixin, Versioned, Base):
 
     __tablename__ = "teams"
 
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
     parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     manager_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     path: Mapped[str] = mapped_column(String(2000))
@@ -117,7 +117,7 @@ class User(TenantMixin, Versioned, Base):
     __tablename__ = "users"
 
     email: Mapped[str] = mapped_column(String(320))
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
     role: Mapped[str] = mapped_column(String(16))
     team_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     password_hash: Mapped[str] = mapped_column(String(200))
@@ -149,7 +149,7 @@ class Territory(TenantMixin, Versioned, Base):
 
     __tablename__ = "territories"
 
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
     region: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (UniqueConstraint("organization_id", "name"),)
@@ -176,8 +176,8 @@ class Account(TenantMixin, Versioned, Base):
     name: Mapped[str] = mapped_column(String(300))
     kind: Mapped[str] = mapped_column(String(16), default="prospect")
     b2b_kind: Mapped[str | None] = mapped_column(String(16))
-    industry: Mapped[str | None] = mapped_column(String(100))
-    size: Mapped[str | None] = mapped_column(String(50))
+    industry: Mapped[str | None] = mapped_column(String(200))
+    size: Mapped[str | None] = mapped_column(String(200))
     region: Mapped[str | None] = mapped_column(String(200))
     address: Mapped[str | None] = mapped_column(Text)
     latitude: Mapped[float | None] = mapped_column(Float)
@@ -209,7 +209,7 @@ class Contact(TenantMixin, Versioned, Base):
     __tablename__ = "contacts"
 
     account_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
     title: Mapped[str | None] = mapped_column(String(200))
     phone: Mapped[str | None] = mapped_column(String(50))
     email: Mapped[str | None] = mapped_column(String(320))
@@ -315,7 +315,7 @@ class Activity(TenantMixin, Versioned, Base):
     occurred_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     planned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     goal: Mapped[str | None] = mapped_column(Text)
-    approach_method: Mapped[str | None] = mapped_column(String(100))
+    approach_method: Mapped[str | None] = mapped_column(String(200))
     due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     check_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

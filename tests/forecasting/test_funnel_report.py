@@ -104,8 +104,8 @@ def test_funnel_respects_scope_and_cuts(client: TestClient[Any], tenant: Tenant,
 
 
 def test_funnel_as_csv_has_a_row_per_stage(client: TestClient[Any], tenant: Tenant, history: dt.datetime) -> None:
-    query = {"from": (history - DAY).date().isoformat(), "to": (history + 30 * DAY).date().isoformat(), "format": "csv"}
-    r = client.get("/api/v1/reports/funnel", params=query, headers=tenant.manager_a.headers)
+    query = {"from": (history - DAY).date().isoformat(), "to": (history + 30 * DAY).date().isoformat()}
+    r = client.get("/api/v1/reports/funnel/csv", params=query, headers=tenant.manager_a.headers)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/csv")
     rows = [line for line in r.text.splitlines() if line and not line.startswith("#")]

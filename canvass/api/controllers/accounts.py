@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Literal
 
 from litestar import Controller, Response, delete, get, patch, post
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from canvass.api.deps import (
@@ -16,6 +16,7 @@ from canvass.api.deps import (
     Db,
     IfMatch,
     Limit,
+    SearchText,
     parse_if_match,
     to_out,
     with_etag,
@@ -34,7 +35,7 @@ from canvass.pipeline.schemas import (
 from canvass.pipeline.services import accounts as service
 from canvass.pipeline.vocabulary import AccountKind
 
-Search = Annotated[str | None, Parameter(max_length=200, required=False, description="Text in the name.")]
+Search = SearchText
 
 
 class AccountController(Controller):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Literal
 
 from litestar import Controller, Response, delete, get, patch, post
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from canvass.api.deps import CurrentActor, Cursor, Db, IfMatch, Limit, etag, parse_if_match, to_out
+from canvass.api.deps import CurrentActor, Cursor, Db, IfMatch, Limit, SearchText, etag, parse_if_match, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
+from canvass.pipeline.models import Lead
 from canvass.pipeline.schemas import (
     LeadCreate,
     LeadOut,
@@ -22,19 +24,18 @@ from canvass.pipeline.schemas import (
     StageChangeOut,
     StageMove,
 )
+from canvass.pipeline.scope import Actor
 from canvass.pipeline.services import leads as service
 from canvass.pipeline.services.organizations import cached_pipeline_config
 from canvass.pipeline.vocabulary import LeadStatus, Stage
 
 LeadSort = Literal["created_at", "-created_at", "updated_at", "-updated_at", "title", "-title"]
-Search = Annotated[
-    str | None, Parameter(max_length=200, required=False, description="Text in the lead's title or account name.")
-]
+Search = SearchText  # in the lead's title or its account's name
 
 
-async def _reply(db: Db, actor: CurrentActor, lead: object, status_code: int = 200) -> Response[LeadOut]:
+async def _reply(db: AsyncSession, actor: Actor, lead: Lead, status_code: int = 200) -> Response[LeadOut]:
     config = await cached_pipeline_config(db, actor.organization_id)
-    out = service.to_lead_out(lead, config)  # type: ignore[arg-type]
+    out = service.to_lead_out(lead, config)
     return Response(out, status_code=status_code, headers={"ETag": etag(out.version)})
 
 

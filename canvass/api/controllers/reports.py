@@ -12,7 +12,7 @@ from litestar import Controller, Response, get
 from litestar.di import Provide
 from litestar.params import Parameter, QueryParameter
 
-from canvass.api.deps import CurrentActor, Db
+from canvass.api.deps import CurrentActor, Db, SearchText
 from canvass.api.problems import PROBLEM_RESPONSES
 from canvass.errors import InvalidValue
 from canvass.forecasting import charts, funnel
@@ -41,7 +41,7 @@ def provide_funnel_query(
     owner_id: uuid.UUID | None = None,
     team_id: uuid.UUID | None = None,
     territory_id: uuid.UUID | None = None,
-    product: Annotated[str | None, Parameter(max_length=200, required=False)] = None,
+    product: SearchText = None,
     source_channel: SourceChannel | None = None,
 ) -> FunnelQuery:
     """The period [from, to) (default: the last 365 days) and the cut: rep, team
@@ -68,16 +68,24 @@ class ReportController(Controller):
         actor: CurrentActor,
         funnel_query: FunnelQuery,
         quota: Annotated[float | None, Parameter(ge=0, le=1e12, required=False)] = None,
-        format: Literal["json", "csv"] = "json",
-    ) -> Response[funnel.FunnelReport]:
+    ) -> funnel.FunnelReport:
         """Leads entering each stage in the period, cohort conversion to the next
         stage, days in stage (mean, median, P90), win rate, sales cycle, open
         pipeline and its coverage of `quota`, and open leads stuck beyond the P90
         of their stage."""
+        return await funnel_report(db, actor, funnel_query.cut, funnel_query.period, quota=quota)
+
+    @get("/funnel/csv", operation_id="getFunnelReportCsv", responses=PROBLEM_RESPONSES, media_type="text/csv")
+    async def funnel_csv(
+        self,
+        db: Db,
+        actor: CurrentActor,
+        funnel_query: FunnelQuery,
+        quota: Annotated[float | None, Parameter(ge=0, le=1e12, required=False)] = None,
+    ) -> str:
+        """The funnel report as CSV: a row per stage, then the period's totals."""
         report = await funnel_report(db, actor, funnel_query.cut, funnel_query.period, quota=quota)
-        if format == "csv":
-            return Response(funnel.report_csv(report), media_type="text/csv")  # type: ignore[arg-type]
-        return Response(report)
+        return funnel.report_csv(report)
 
     @get("/funnel/chart", operation_id="getFunnelChart", responses=PROBLEM_RESPONSES, media_type="image/png")
     async def funnel_chart(

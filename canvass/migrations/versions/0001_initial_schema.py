@@ -31,7 +31,7 @@ def upgrade() -> None:
     op.create_table(
         "organizations",
         sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("slug", sa.String(length=80), nullable=False),
         sa.Column("settings", canvass.db.JSONType, nullable=False),
         sa.Column("created_at", canvass.db.UTCDateTime(), nullable=False),
@@ -42,7 +42,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "teams",
-        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("parent_id", sa.Uuid(), nullable=True),
         sa.Column("manager_id", sa.Uuid(), nullable=True),
         sa.Column("path", sa.String(length=2000), nullable=False),
@@ -64,7 +64,7 @@ def upgrade() -> None:
 
     op.create_table(
         "territories",
-        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("region", sa.String(length=200), nullable=True),
         sa.Column("organization_id", sa.Uuid(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -77,7 +77,7 @@ def upgrade() -> None:
     op.create_table(
         "users",
         sa.Column("email", sa.String(length=320), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("team_id", sa.Uuid(), nullable=True),
         sa.Column("password_hash", sa.String(length=200), nullable=False),
@@ -110,8 +110,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("b2b_kind", sa.String(length=16), nullable=True),
-        sa.Column("industry", sa.String(length=100), nullable=True),
-        sa.Column("size", sa.String(length=50), nullable=True),
+        sa.Column("industry", sa.String(length=200), nullable=True),
+        sa.Column("size", sa.String(length=200), nullable=True),
         sa.Column("region", sa.String(length=200), nullable=True),
         sa.Column("address", sa.Text(), nullable=True),
         sa.Column("latitude", sa.Float(), nullable=True),
@@ -185,7 +185,7 @@ def upgrade() -> None:
     op.create_table(
         "contacts",
         sa.Column("account_id", sa.Uuid(), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("title", sa.String(length=200), nullable=True),
         sa.Column("phone", sa.String(length=50), nullable=True),
         sa.Column("email", sa.String(length=320), nullable=True),
@@ -280,7 +280,7 @@ def upgrade() -> None:
         sa.Column("occurred_at", canvass.db.UTCDateTime(), nullable=True),
         sa.Column("planned_at", canvass.db.UTCDateTime(), nullable=True),
         sa.Column("goal", sa.Text(), nullable=True),
-        sa.Column("approach_method", sa.String(length=100), nullable=True),
+        sa.Column("approach_method", sa.String(length=200), nullable=True),
         sa.Column("due_at", canvass.db.UTCDateTime(), nullable=True),
         sa.Column("completed_at", canvass.db.UTCDateTime(), nullable=True),
         sa.Column("check_in_at", canvass.db.UTCDateTime(), nullable=True),

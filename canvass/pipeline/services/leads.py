@@ -158,8 +158,9 @@ async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, 
     fields = msgspec.to_builtins(data, builtin_types=(uuid.UUID, dt.date))
     fields.update(
         owner_id=owner_id,
-        qualification=fields.get("qualification") or {},
-        visit_plan=fields.get("visit_plan") or {},
+        # JSON columns hold plain JSON: dates inside them become ISO strings.
+        qualification=msgspec.to_builtins(data.qualification) if data.qualification else {},
+        visit_plan=msgspec.to_builtins(data.visit_plan) if data.visit_plan else {},
     )
     if data.id is None:
         fields.pop("id", None)
@@ -358,8 +359,7 @@ def lead_probability(lead: Lead, config: PipelineConfig | None = None) -> float:
         return 0.0
     if lead.probability_override is not None:
         return lead.probability_override
-    probabilities = (config or PipelineConfig()).stage_probabilities
-    return probabilities.get(Stage(lead.stage), 0.0)
+    return (config or PipelineConfig()).probabilities()[Stage(lead.stage)]
 
 
 _LEAD_STORED_FIELDS = tuple(f for f in LeadOut.__struct_fields__ if f not in ("probability", "qualification_score"))

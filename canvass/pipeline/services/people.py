@@ -215,6 +215,8 @@ async def create_user(
     if await session.get(LoginDirectory, email) is not None:
         raise AlreadyExists(f"A user with e-mail {email} exists.", field="email")
     await _check_team(session, org, data.team_id)
+    if data.id is not None and await session.get(User, (org, data.id)) is not None:
+        raise AlreadyExists(f"User {data.id} already exists.", id=str(data.id))
     now = utcnow()
     user = User(
         organization_id=org,
@@ -287,6 +289,8 @@ async def create_team(session: AsyncSession, actor: Actor, data: TeamCreate) -> 
         raise InvalidReference(f"No user {data.manager_id}.", field="manager_id")
     if await session.scalar(select(Team.id).where(Team.organization_id == org, Team.name == data.name)):
         raise AlreadyExists(f"A team named {data.name!r} exists.", field="name")
+    if data.id is not None and await session.get(Team, (org, data.id)) is not None:
+        raise AlreadyExists(f"Team {data.id} already exists.", id=str(data.id))
     team_id = data.id or new_id()
     now = utcnow()
     team = Team(
@@ -339,6 +343,8 @@ async def create_territory(session: AsyncSession, actor: Actor, data: TerritoryC
     org = actor.organization_id
     if await session.scalar(select(Territory.id).where(Territory.organization_id == org, Territory.name == data.name)):
         raise AlreadyExists(f"A territory named {data.name!r} exists.", field="name")
+    if data.id is not None and await session.get(Territory, (org, data.id)) is not None:
+        raise AlreadyExists(f"Territory {data.id} already exists.", id=str(data.id))
     now = utcnow()
     territory = Territory(
         organization_id=org, id=data.id or new_id(), name=data.name, region=data.region, created_at=now, updated_at=now
