@@ -61,23 +61,24 @@ def problem_response(
     title: str,
     detail: str,
     headers: dict[str, str] | None = None,
-    **extra: Any,
+    extra: dict[str, Any] | None = None,
 ) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + code,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-    }
-    body.update({k: v for k, v in extra.items() if v is not None})
+    """The problem document; ``extra`` members never replace the standard ones."""
+    body: dict[str, Any] = {k: v for k, v in (extra or {}).items() if v is not None}
+    body.update(
+        type=PROBLEM_BASE + code,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+    )
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _canvass_error(request: Request[Any, Any, Any], exc: CanvassError) -> Response[dict[str, Any]]:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return problem_response(
-        request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers, **exc.extra
+        request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers, extra=exc.extra
     )
 
 
@@ -100,15 +101,6 @@ def _field_path(error: dict[str, Any]) -> str:
 def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     raw = exc.extra if isinstance(exc.extra, list) else []
     errors = [{"field": _field_path(e), "message": str(e.get("message", ""))} for e in raw if isinstance(e, dict)]
-    message = " ".join(e["message"] for e in errors).lower()
-    if "malformed" in message or "json is" in message or "invalid json" in message:
-        return problem_response(
-            request,
-            status=400,
-            code="malformed-body",
-            title="Malformed request body",
-            detail=errors[0]["message"] if errors else str(exc.detail),
-        )
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or str(exc.detail)
     return problem_response(
         request,
@@ -116,8 +108,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
         code="validation-failed",
         title="Invalid request",
         detail=detail,
-        errors=errors or None,
-        field=errors[0]["field"] if errors else None,
+        extra={"errors": errors or None, "field": errors[0]["field"] if errors else None},
     )
 
 

@@ -137,7 +137,7 @@ def _require_open(facts: LeadFacts, action: str) -> None:
         raise RuleViolation(
             "lead.not_open",
             f"Cannot {action}: the lead is {facts.status.value}.",
-            status=facts.status.value,
+            lead_status=facts.status.value,
         )
 
 
