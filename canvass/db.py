@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import msgspec
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -76,18 +77,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(async_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(async_url: str, *, pool_size: int = 10, autocommit: bool = False) -> AsyncEngine:
     if async_url.startswith("sqlite"):
         in_memory = async_url.rstrip("/").endswith("aiosqlite:") or ":memory:" in async_url
         # aiosqlite runs each connection in its own thread; a small pool of
         # reusable connections avoids re-opening the file per request.
         pooling = {} if in_memory else {"pool_size": pool_size, "max_overflow": 10}
-        engine = create_async_engine(async_url, **pooling)
+        engine = create_async_engine(async_url, **pooling, **_isolation(autocommit))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if async_url.endswith("?pool=null"):
-        return create_async_engine(async_url.removesuffix("?pool=null"), poolclass=NullPool)
-    return create_async_engine(async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+        return create_async_engine(async_url.removesuffix("?pool=null"), poolclass=NullPool, **_isolation(autocommit))
+    return create_async_engine(
+        async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, **_isolation(autocommit)
+    )
+
+
+def _isolation(autocommit: bool) -> dict[str, Any]:
+    # msgspec reads and writes the JSON columns: several times faster than the
+    # standard library on every row with qualification, tags or custom fields.
+    options: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
+    if autocommit:
+        options["isolation_level"] = "AUTOCOMMIT"
+    return options
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -57,10 +57,15 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     async def database(app: Litestar) -> AsyncIterator[None]:
         own_engine = engine is None
         db_engine = engine or create_engine(settings.async_database_url)
+        # Reads get their own pool of autocommit connections (no BEGIN/COMMIT
+        # round trips, and no isolation-level switching on every checkout).
+        read_engine = create_engine(settings.async_database_url, autocommit=True)
         app.state.sessionmaker = session_factory(db_engine)
+        app.state.read_sessionmaker = session_factory(read_engine)
         try:
             yield
         finally:
+            await read_engine.dispose()
             if own_engine:
                 await db_engine.dispose()
 

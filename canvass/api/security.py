@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.security.jwt import JWTAuth, Token
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from canvass.pipeline.models import User
 from canvass.pipeline.scope import Actor
@@ -40,8 +41,33 @@ async def actor_from_token(token: Token, connection: ASGIConnection[Any, Any, An
         raise NotAuthorizedException("The access token lacks Canvass claims.") from exc
 
 
+class VerifiedTokenCache(JWTAuthenticationMiddleware):
+    """Verifies each distinct access token once per process, then trusts the
+    result until the token expires: a client sends the same token with every
+    request, and the signature check is a measurable share of a cheap request.
+    Bounded; expiry is still checked on every use."""
+
+    _verified: ClassVar[dict[tuple[str, str], Token]] = {}
+    _MAX_ENTRIES: ClassVar[int] = 10_000
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        key = (self.token_secret, encoded_token)  # a token is good only for the key that signed it
+        token = self._verified.get(key)
+        if token is None or token.exp <= dt.datetime.now(dt.UTC):
+            self._verified.pop(key, None)
+            result = await super().authenticate_token(encoded_token, connection)
+            if len(self._verified) >= self._MAX_ENTRIES:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[key] = result.auth
+            return result
+        return AuthenticationResult(user=await actor_from_token(token, connection), auth=token)
+
+
 def build_jwt_auth(settings: Settings) -> JWTAuth[Actor, Token]:
     return JWTAuth[Actor, Token](
+        authentication_middleware_class=VerifiedTokenCache,
         retrieve_user_handler=actor_from_token,
         token_secret=settings.secret_key,
         default_token_expiration=dt.timedelta(minutes=settings.access_token_minutes),

@@ -8,6 +8,7 @@ one of them pins the tenant, so no query crosses organizations.
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 import msgspec
@@ -51,6 +52,12 @@ def visible_owner(actor: Actor, owner_column: InstrumentedAttribute[uuid.UUID]) 
     return owner_column == actor.user_id
 
 
+# Scope predicates are immutable SQL expressions: build each once per caller
+# (per worker process) instead of on every request.
+_cached = functools.lru_cache(maxsize=4096)
+
+
+@_cached
 def lead_scope(actor: Actor) -> ColumnElement[bool]:
     return and_(
         Lead.organization_id == actor.organization_id,
@@ -59,6 +66,7 @@ def lead_scope(actor: Actor) -> ColumnElement[bool]:
     )
 
 
+@_cached
 def account_scope(actor: Actor) -> ColumnElement[bool]:
     """Accounts the actor owns, or on which they can see a lead: many reps sell to
     one account, and each must see the account of their own deal."""
@@ -74,6 +82,7 @@ def account_scope(actor: Actor) -> ColumnElement[bool]:
     return and_(tenant, or_(visible_owner(actor, Account.owner_id), has_visible_lead))
 
 
+@_cached
 def activity_scope(actor: Actor) -> ColumnElement[bool]:
     tenant = Activity.organization_id == actor.organization_id
     if actor.role is Role.ADMIN:

@@ -75,7 +75,9 @@ class LeadController(Controller):
 
     @get("/{lead_id:uuid}", operation_id="getLead", responses=PROBLEM_RESPONSES)
     async def get_lead(self, db: Db, actor: CurrentActor, lead_id: uuid.UUID) -> Response[LeadOut]:
-        return await _reply(db, actor, await service.get_lead(db, actor, lead_id))
+        config = await cached_pipeline_config(db, actor.organization_id)
+        out = await service.read_lead(db, actor, lead_id, config)
+        return Response(out, headers={"ETag": etag(out.version)})
 
     @patch("/{lead_id:uuid}", operation_id="updateLead", responses=PROBLEM_RESPONSES)
     async def update_lead(

@@ -60,6 +60,7 @@ async def paginate(
     key: SortKey,
     limit: int,
     cursor: str | None,
+    plain_rows: bool = False,
 ) -> tuple[Sequence[Any], str | None]:
     """One page of ``stmt`` in keyset order: cost independent of the page number."""
     if cursor:
@@ -70,7 +71,10 @@ async def paginate(
         else:
             stmt = stmt.where(or_(col > value, and_(col == value, id_column > last_id)))
     order = (key.column.desc(), id_column.desc()) if key.descending else (key.column, id_column)
-    rows = (await session.scalars(stmt.order_by(*order).limit(limit + 1))).all()
+    result = await session.execute(stmt.order_by(*order).limit(limit + 1))
+    # Over a table's columns: plain rows (cheaper, nothing for the session to
+    # track on a read-only page); over a model: model objects.
+    rows = result.all() if plain_rows else result.scalars().all()
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
