@@ -1,0 +1,124 @@
+"""Backtest the forecast methods on the Maven CRM sample, straight from its CSV files.
+
+    /tmp/venv/bin/python bench/forecast_backtest_maven.py [DATA_DIR] [--from 2017-04-01] [--to 2018-01-01] [--json]
+
+DATA_DIR defaults to ../shared/data/maven-crm relative to the repository. The mapping
+is the demo importer's (canvass/pipeline/demo.py): an opportunity enters the pipeline
+on its engage date at stage ``approach`` with its product's list price as amount;
+Won/Lost close on the close date (a win's amount becomes its close value); open
+Prospecting rows have no dates and are created on the last day of the data, so they
+exist only after every backtest window used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from canvass.forecasting.backtest import METHODS, run_backtest, score  # noqa: E402
+from canvass.forecasting.history import DISQUALIFIED, LOST, OPEN, STAGES, WON, LeadHistory  # noqa: E402
+
+_ = DISQUALIFIED
+
+
+def _day(text: str) -> int:
+    month, day, year = (int(p) for p in text.split("/"))
+    return (dt.date(year, month, day) - dt.date(1970, 1, 1)).days
+
+
+def load_maven(data_dir: Path) -> LeadHistory:
+    """The Maven opportunities as a LeadHistory (one lead per opportunity)."""
+    with (data_dir / "products.csv").open(newline="", encoding="utf-8") as f:
+        price = {r["product"].replace(" ", "").lower(): float(r["sales_price"]) for r in csv.DictReader(f)}
+    with (data_dir / "sales_pipeline.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    data_end = max(_day(r[c]) for r in rows for c in ("engage_date", "close_date") if r[c])
+    status_of = {"Won": WON, "Lost": LOST, "Engaging": OPEN, "Prospecting": OPEN}
+    n = len(rows)
+    created = np.array([_day(r["engage_date"]) if r["engage_date"] else data_end for r in rows], np.int64)
+    status = np.array([status_of[r["deal_stage"]] for r in rows], np.int8)
+    closed = np.array([_day(r["close_date"]) if r["close_date"] else -1 for r in rows], np.int64)
+    list_price = np.array([price[r["product"].replace(" ", "").lower()] for r in rows])
+    close_value = np.array([float(r["close_value"] or 0) for r in rows])
+    won = status == WON
+    win_idx = np.flatnonzero(won)
+    amount_lead = np.concatenate([np.arange(n), win_idx])
+    amount_day = np.concatenate([created, closed[win_idx]])
+    amount = np.concatenate([list_price, np.where(close_value[win_idx] > 0, close_value[win_idx], list_price[win_idx])])
+    engaged = np.array([bool(r["engage_date"]) for r in rows])
+    stage_to = np.where(engaged, STAGES.index("approach"), STAGES.index("prospecting")).astype(np.int8)
+    agents = sorted({r["sales_agent"] for r in rows})
+    owner = np.array([agents.index(r["sales_agent"]) for r in rows], np.int32)
+    return LeadHistory.from_arrays(
+        created=created,
+        status=status,
+        closed=closed,
+        amount_lead=amount_lead,
+        amount_day=amount_day,
+        amount=amount,
+        stage_lead=np.arange(n),
+        stage_day=created,
+        stage_to=stage_to,
+        owner=owner,
+    )
+
+
+def _fmt(x: float | None, pct: bool = True) -> str:
+    if x is None:
+        return "—"
+    return f"{100 * x:.1f}%" if pct else f"{x:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", nargs="?", default=str(ROOT.parent / "shared" / "data" / "maven-crm"))
+    parser.add_argument("--from", dest="from_date", default="2017-04-01")
+    parser.add_argument("--to", dest="to_date", default="2018-01-01")
+    parser.add_argument("--horizons", default="30,60,90")
+    parser.add_argument("--since", default="2017-06-01", help="also score origins on or after this day")
+    parser.add_argument("--json", action="store_true", help="print the backtest JSON contract instead of tables")
+    args = parser.parse_args(argv)
+    history = load_maven(Path(args.data_dir))
+    horizons = [int(h) for h in args.horizons.split(",")]
+    report = run_backtest(history, horizons, args.from_date, args.to_date)
+    if args.json:
+        print(json.dumps(report.to_builtins(), indent=1))
+        return 0
+    for label, since in (("all origins", None), (f"origins from {args.since}", args.since)):
+        print(f"\n{label} ({args.from_date} .. {args.to_date})")
+        print("| method | h | n | WAPE | bias | P10–P90 coverage | sharpness (P90−P10)/P50 |")
+        print("|---|---|---|---|---|---|---|")
+        for m in METHODS:
+            for h in horizons:
+                s = score(report.origins, m, h, since)
+                print(
+                    f"| {m} | {h} | {s.n} | {_fmt(s.wape)} | {_fmt(s.bias)} | {_fmt(s.coverage_p10_p90)} | {_fmt(s.sharpness, False)} |"
+                )
+        for m in METHODS:
+            rows = [o for o in report.origins if o.method == m and (since is None or o.as_of >= since)]
+            a = np.array([o.actual for o in rows])
+            cov = np.mean([(o.p10 <= o.actual <= o.p90) for o in rows])
+            sharp = np.median([(o.p90 - o.p10) / o.p50 for o in rows if o.p50 > 0])
+            print(f"pooled over horizons, {m}: coverage {100 * cov:.0f}% (n={a.size}), sharpness {sharp:.2f}")
+    print("\nlearned, per origin:")
+    print("| h | as of | actual | forecast | P10 | P50 | P90 | flags |")
+    print("|---|---|---|---|---|---|---|---|")
+    for o in report.origins:
+        if o.method == "learned":
+            print(
+                f"| {o.horizon_days} | {o.as_of} | {o.actual:,.0f} | {o.forecast:,.0f} | {o.p10:,.0f} | {o.p50:,.0f} | {o.p90:,.0f} | {','.join(o.flags)} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

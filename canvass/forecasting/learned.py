@@ -1,0 +1,420 @@
+"""The learned funnel forecast: everything from the tenant's own history before the as-of day.
+
+Pieces, and why each is there (see docs/forecasting.md for the evidence):
+
+* **Competing-risks discrete hazard** of winning and of losing per day, by stage and
+  age (days since the lead entered the pipeline). An open deal's chance to win
+  inside the window follows from its stage and how old it already is, so stale deals
+  fade out instead of counting at full probability.
+* **Calendar effects**: each hazard is multiplied by a factor for the day's position
+  in the quarter (month 1/2/3) and in the month (days 1-10, 11-20, 21+), per age
+  bucket. Factors are observed/expected ratios with pseudo-events, shrunk toward a
+  pooled factor and that toward flat, so a short history gives a flat calendar.
+* **Recency weighting**: the hazard levels and the arrival rate weight recent days
+  more (half-life ``level_half_life_days``): funnels drift.
+* **Arrivals**: leads that do not exist yet are forecast at the recency-weighted,
+  calendar-adjusted arrival rate and follow the same hazards from age 0. In fast
+  funnels most of the window's wins come from them.
+* **Self-calibration**: the same model is replayed at monthly inner origins whose
+  windows ended before the as-of day; the (shrunk) mean log error rescales the
+  forecast and the spread of the errors sets the interval's shared shock.
+* **Intervals by simulation**: a shared lognormal shock (the inner backtest's error
+  spread, widened in a cold start) times compound deal noise (each deal wins or not,
+  arrivals are Poisson). Independent Bernoulli deals alone would cover almost nothing.
+
+All exposure arrays are built once per call as (stage, age bucket, day) tables, so
+refitting at an inner origin is a weighted sum over earlier days: O(days), not O(leads).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from canvass.forecasting.baselines import Forecast, WeightedPipelineConfig, weighted_pipeline
+from canvass.forecasting.history import STAGES, WON, DateLike, LeadHistory, as_date, day_number
+
+AGE_EDGES = np.array([0, 7, 14, 30, 60, 90, 120, 180, 365], dtype=np.int64)  # lower bounds; last is open-ended
+N_AGE = AGE_EDGES.size
+AGE_CAP = int(AGE_EDGES[-1])  # beyond this age the hazard no longer changes with age
+N_STAGE = len(STAGES)
+N_CAL = 9  # month of quarter (3) × part of month (3)
+_AGE_BUCKET = np.searchsorted(AGE_EDGES, np.arange(AGE_CAP + 1), side="right") - 1
+
+
+class LearnedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Fixed constants of the learned model. None is fitted to a particular tenant."""
+
+    level_half_life_days: float = 90.0  # recency of hazard levels and arrival rate
+    calendar_half_life_days: float = 730.0  # calendar pattern: long memory
+    pseudo_events: float = 10.0  # shrinkage strength for rates and calendar factors
+    calendar_pseudo_days: float = 30.0  # arrival calendar factors shrink while cells have few days
+    inner_origins: int = 6  # monthly origins of the self-calibration backtest
+    calibration_prior_origins: float = 2.0  # shrink the calibration toward 1 with this many pseudo-origins
+    prior_sigma: float = 0.2  # prior log-error spread, before inner errors are seen
+    cold_start_days: int = 91  # less than one quarter of closes on record: flagged and widened
+    cold_start_extra_sigma: float = 0.25
+    min_closes: int = 30  # fewer closes on record: fall back to the weighted pipeline
+    min_close_days: int = 28
+    fallback_sigma: float = 0.6
+    simulations: int = 4000
+    seed: int = 20170401
+
+
+def learned(history: LeadHistory, as_of: DateLike, horizon_days: int, config: LearnedConfig | None = None) -> Forecast:
+    """The learned forecast for one horizon (see :func:`learned_many` for several)."""
+    return learned_many(history, as_of, [horizon_days], config)[0]
+
+
+def learned_many(
+    history: LeadHistory,
+    as_of: DateLike,
+    horizons: Sequence[int],
+    config: LearnedConfig | None = None,
+    weighted_config: WeightedPipelineConfig | None = None,
+) -> list[Forecast]:
+    """Forecasts for several horizons from one fit: won revenue with close day in [as_of, as_of + h)."""
+    cfg = config or LearnedConfig()
+    t = day_number(as_of)
+    closed = history.closed_before(t)
+    n_closes = int(closed.sum())
+    first_close = int(history.closed[closed].min()) if n_closes else t
+    if n_closes < cfg.min_closes or t - first_close < cfg.min_close_days:
+        return [_fallback(history, t, h, n_closes, cfg, weighted_config) for h in horizons]
+
+    table = _ExposureTable.build(history, t)
+    h_max = max(horizons)
+    inner = _inner_origins(t, table, h_max, cfg)
+    curves = {origin: _raw_curve(history, table, origin, h_max, cfg) for origin in {t, *inner}}
+    won_value = history.won_value()
+    won = history.status == WON
+    cold = t - first_close < cfg.cold_start_days
+    results = []
+    for h in horizons:
+        rev, var, deals = curves[t].window(h)
+        errors = []
+        for origin in [o for o in inner if o + h <= t][: cfg.inner_origins]:
+            f, _, _ = curves[origin].window(h)
+            mask = won & (history.closed >= origin) & (history.closed < origin + h)
+            actual = float(won_value[mask].sum())
+            if f > 0 and actual > 0:
+                errors.append(np.log(actual / f))
+        n = len(errors)
+        mean_err = float(np.mean(errors)) if n else 0.0
+        shrunk = mean_err * n / (n + cfg.calibration_prior_origins)
+        factor = float(np.clip(np.exp(shrunk), 0.5, 2.0))
+        resid = np.asarray(errors) - shrunk
+        sigma2 = (float(np.sum(resid**2)) + cfg.calibration_prior_origins * cfg.prior_sigma**2) / (
+            n + cfg.calibration_prior_origins
+        )
+        flags: list[str] = []
+        notes: list[str] = [f"self-calibration factor {factor:.3f} from {n} inner origins"]
+        if cold:
+            sigma2 += cfg.cold_start_extra_sigma**2
+            flags.append("cold_start")
+            notes.append(
+                f"less than one full quarter of closes on record ({t - first_close} days since the first close);"
+                " interval widened"
+            )
+        mean = rev * factor
+        p10, p50, p90 = _simulate(mean, var * factor**2, float(np.sqrt(sigma2)), cfg.simulations, cfg.seed + h)
+        results.append(
+            Forecast(
+                method="learned",
+                as_of=as_date(t).isoformat(),
+                horizon_days=h,
+                revenue=mean,
+                p10=p10,
+                p50=p50,
+                p90=p90,
+                won_deals=deals * factor,
+                flags=flags,
+                notes=notes,
+            )
+        )
+    return results
+
+
+def _fallback(
+    history: LeadHistory,
+    t: int,
+    h: int,
+    n_closes: int,
+    cfg: LearnedConfig,
+    weighted_config: WeightedPipelineConfig | None,
+) -> Forecast:
+    wcfg = msgspec.structs.replace(weighted_config or WeightedPipelineConfig(), sigma=cfg.fallback_sigma)
+    base = weighted_pipeline(history, as_date(t), h, wcfg)
+    return msgspec.structs.replace(
+        base,
+        method="learned",
+        flags=["cold_start", "fallback_weighted_pipeline"],
+        notes=[
+            f"only {n_closes} closes on record before {as_date(t).isoformat()}: too little history to learn from;"
+            " this is the weighted pipeline with a wide interval"
+        ],
+    )
+
+
+def _simulate(mean: float, var: float, sigma: float, n: int, seed: int) -> tuple[float, float, float]:
+    """P10/P50/P90 of mean × shared lognormal shock × compound deal noise (gamma with the deals' variance)."""
+    if mean <= 0:
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    shock = np.exp(sigma * rng.standard_normal(n) - 0.5 * sigma * sigma)
+    cv2 = max(var, 1e-12) / (mean * mean)
+    noise = rng.gamma(1.0 / cv2, cv2, n) if cv2 > 1e-9 else np.ones(n)
+    q = np.quantile(mean * shock * noise, [0.1, 0.5, 0.9])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def calendar_cell(days: np.ndarray) -> np.ndarray:
+    """Position of each day in its quarter and month: 3 × month-of-quarter + part-of-month (0..8)."""
+    d = np.asarray(days, dtype=np.int64).astype("datetime64[D]")
+    month = d.astype("datetime64[M]")
+    part = np.minimum((d - month).astype(np.int64) // 10, 2)
+    return (month.astype(np.int64) % 3) * 3 + part
+
+
+def _add_months(day: int, months: int) -> int:
+    d = as_date(day)
+    y, m = divmod(d.year * 12 + d.month - 1 + months, 12)
+    last = (dt.date(y + (m + 1) // 12, (m + 1) % 12 + 1, 1) - dt.timedelta(days=1)).day
+    return day_number(dt.date(y, m + 1, min(d.day, last)))
+
+
+def _inner_origins(t: int, table: _ExposureTable, h_max: int, cfg: LearnedConfig) -> list[int]:
+    """Monthly origins before ``t`` whose windows end by ``t`` and that had enough closes behind them."""
+    out = []
+    for m in range(1, cfg.inner_origins + 1 + h_max // 28):
+        origin = _add_months(t, -m)
+        if origin - table.first_close < cfg.min_close_days:
+            break
+        if origin + 28 <= t:
+            out.append(origin)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Curve:
+    """Expected won revenue, its variance and won deals per future day."""
+
+    revenue: np.ndarray
+    open_amount_sq: np.ndarray  # per open group: sum of amount², for the variance
+    open_win_path: np.ndarray  # per open group: win probability per day
+    new_second_moment: float
+    new_expected_wins: np.ndarray
+    deals: np.ndarray
+    won_ratio: float
+
+    def window(self, h: int) -> tuple[float, float, float]:
+        p = self.open_win_path[:, :h].sum(axis=1)
+        var_open = float((self.open_amount_sq * p * (1 - p)).sum())
+        var_new = float(self.new_expected_wins[:h].sum()) * self.new_second_moment
+        var = (var_open + var_new) * self.won_ratio**2
+        return float(self.revenue[:h].sum()), var, float(self.deals[:h].sum())
+
+
+@dataclass(frozen=True, slots=True)
+class _ExposureTable:
+    """Lead-days at risk, wins and losses per (stage, age bucket, day), plus daily arrivals, before ``t``."""
+
+    d0: int
+    t: int
+    first_close: int
+    at_risk: np.ndarray  # (N_STAGE, N_AGE, days)
+    wins: np.ndarray
+    losses: np.ndarray
+    arrivals: np.ndarray  # (days,)
+    calendar: np.ndarray  # (days + horizon room,) calendar cell of day d0 + i
+
+    @classmethod
+    def build(cls, history: LeadHistory, t: int) -> _ExposureTable:
+        exists = history.created < t
+        d0 = int(history.created[exists].min())
+        n_days = t - d0
+        closed = history.closed_before(t)
+        exit_day = np.where(closed, history.closed, t - 1)
+        limit = np.where(closed, history.closed, t)
+
+        # Stage segments known before t; a change on the close day is the close itself, not a stage.
+        lead = history.stage_lead
+        first = np.ones(lead.size, bool)
+        first[1:] = lead[1:] != lead[:-1]
+        keep = exists[lead] & ((history.stage_day < limit[lead]) | first)
+        seg_lead = lead[keep]
+        seg_start = history.stage_day[keep]
+        seg_stage = history.stage_to[keep].astype(np.int64)
+        seg_end = exit_day[seg_lead].copy()
+        same = seg_lead[1:] == seg_lead[:-1]
+        seg_end[:-1][same] = seg_start[1:][same] - 1
+        seg_created = history.created[seg_lead]
+
+        width = n_days + 1
+        diff = np.zeros(N_STAGE * N_AGE * width, np.float64)
+        for b in range(N_AGE):
+            lo = seg_created + AGE_EDGES[b]
+            a_start = np.maximum(seg_start, lo)
+            a_end = seg_end if b == N_AGE - 1 else np.minimum(seg_end, seg_created + AGE_EDGES[b + 1] - 1)
+            ok = a_start <= a_end
+            base = (seg_stage[ok] * N_AGE + b) * width
+            diff += np.bincount(base + (a_start[ok] - d0), minlength=diff.size)
+            diff -= np.bincount(base + (a_end[ok] + 1 - d0), minlength=diff.size)
+        at_risk = np.cumsum(diff.reshape(N_STAGE, N_AGE, width), axis=2)[:, :, :n_days]
+
+        c_idx = np.flatnonzero(closed)
+        c_day = history.closed[c_idx]
+        c_stage = history.stage_before(np.where(closed, history.closed, t))[c_idx]
+        c_age = np.minimum(c_day - history.created[c_idx], AGE_CAP)
+        key = (c_stage * N_AGE + _AGE_BUCKET[c_age]) * n_days + (c_day - d0)
+        won = history.status[c_idx] == WON
+        size = N_STAGE * N_AGE * n_days
+        wins = np.bincount(key[won], minlength=size).reshape(N_STAGE, N_AGE, n_days).astype(np.float64)
+        losses = np.bincount(key[~won], minlength=size).reshape(N_STAGE, N_AGE, n_days).astype(np.float64)
+        arrivals = np.bincount(history.created[exists] - d0, minlength=n_days).astype(np.float64)
+        calendar = calendar_cell(np.arange(d0, t + 400))
+        first_close = int(c_day.min())
+        return cls(d0, t, first_close, at_risk, wins, losses, arrivals, calendar)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    win_base: np.ndarray  # (N_STAGE, N_AGE)
+    loss_base: np.ndarray
+    win_marginal: np.ndarray  # (N_AGE,) any stage: what a new lead follows
+    loss_marginal: np.ndarray
+    win_calendar: np.ndarray  # (N_AGE, N_CAL)
+    loss_calendar: np.ndarray
+    arrival_rate: float
+    arrival_calendar: np.ndarray  # (N_CAL,)
+
+
+def _fit(table: _ExposureTable, origin: int, cfg: LearnedConfig) -> _Rates:
+    """Rates from days [first close, origin) only: the table's later days are ignored."""
+    lo, hi = table.first_close - table.d0, origin - table.d0
+    age_from_end = (hi - 1 - np.arange(lo, hi)).astype(np.float64)
+    w_level = 0.5 ** (age_from_end / cfg.level_half_life_days)
+    w_cal = 0.5 ** (age_from_end / cfg.calendar_half_life_days)
+    onehot = np.eye(N_CAL)[table.calendar[lo:hi]]  # (days, N_CAL)
+    k = cfg.pseudo_events
+    x = table.at_risk[:, :, lo:hi]
+    x_age = x.sum(axis=0)
+
+    def hazard(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ev = events[:, :, lo:hi]
+        ev_age = ev.sum(axis=0)
+        obs = (ev_age * w_cal) @ onehot  # (N_AGE, N_CAL)
+        expo = (x_age * w_cal) @ onehot
+        mean_rate = obs.sum(axis=1) / np.maximum(expo.sum(axis=1), 1e-12)
+        expected = expo * mean_rate[:, None]
+        pooled = (obs.sum(axis=0) + k) / (expected.sum(axis=0) + k)
+        cal = (obs + k * pooled) / (expected + k)
+        # levels: recent, standardised for the calendar of the days they were seen on
+        o_sb = (ev * w_level).sum(axis=2)
+        x_sb = ((x * w_level) @ onehot * cal[None, :, :]).sum(axis=2)
+        o_b, x_b = o_sb.sum(axis=0), x_sb.sum(axis=0)
+        marginal = np.zeros(N_AGE)
+        for b in range(N_AGE):  # unseen old ages inherit the previous bucket's rate
+            marginal[b] = o_b[b] / x_b[b] if x_b[b] > 0 else (marginal[b - 1] if b else 0.0)
+        prior_expo = k / np.maximum(marginal, 1e-9)
+        base = (o_sb + k) / (x_sb + prior_expo[None, :])
+        base = np.where(x_sb > 0, base, marginal[None, :])
+        return base, marginal, cal
+
+    win_base, win_marg, win_cal = hazard(table.wins)
+    loss_base, loss_marg, loss_cal = hazard(table.losses)
+
+    # Arrivals: calendar factors with a long memory, shrunk while cells have few days; level recent.
+    a_hi = hi
+    a_age = (a_hi - 1 - np.arange(a_hi)).astype(np.float64)
+    wa_cal = 0.5 ** (a_age / cfg.calendar_half_life_days)
+    wa_level = 0.5 ** (a_age / cfg.level_half_life_days)
+    arr = table.arrivals[:a_hi]
+    oh = np.eye(N_CAL)[table.calendar[:a_hi]]
+    days_c = wa_cal @ oh
+    obs_c = (arr * wa_cal) @ oh
+    mean_rate = obs_c.sum() / max(days_c.sum(), 1e-12)
+    raw = obs_c / np.maximum(days_c * mean_rate, 1e-12)
+    trust = days_c / (days_c + cfg.calendar_pseudo_days)
+    arr_cal = np.where(days_c > 0, 1 + (raw - 1) * trust, 1.0)
+    level = float((arr * wa_level).sum() / max((wa_level * arr_cal[table.calendar[:a_hi]]).sum(), 1e-12))
+    return _Rates(win_base, loss_base, win_marg, loss_marg, win_cal, loss_cal, level, arr_cal)
+
+
+def _paths(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Per row, the probability of winning on each day given open at the start (competing risks)."""
+    total = win + loss
+    scale = np.where(total > 1, 1 / np.maximum(total, 1e-12), 1.0)
+    win, total = win * scale, np.minimum(total, 1.0)
+    survive = np.cumprod(1 - total, axis=1)
+    before = np.ones_like(survive)
+    before[:, 1:] = survive[:, :-1]
+    return before * win
+
+
+def _raw_curve(history: LeadHistory, table: _ExposureTable, origin: int, h: int, cfg: LearnedConfig) -> _Curve:
+    """Uncalibrated daily forecast from ``origin``: open deals plus leads not yet created."""
+    rates = _fit(table, origin, cfg)
+    cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
+    steps = np.arange(h)
+
+    # Open deals at origin, grouped by (stage, age capped): the hazards only see those.
+    open_ = history.open_at(origin)
+    idx = np.flatnonzero(open_)
+    amount = history.amount_before(origin)[idx]
+    stage = history.stage_before(origin)[idx]
+    age = np.minimum(origin - history.created[idx], AGE_CAP)
+    key = stage * (AGE_CAP + 1) + age
+    n_groups = N_STAGE * (AGE_CAP + 1)
+    count_g = np.bincount(key, minlength=n_groups)
+    amount_g = np.bincount(key, weights=amount, minlength=n_groups)
+    amount_sq_g = np.bincount(key, weights=amount * amount, minlength=n_groups)
+    groups = np.flatnonzero(count_g)
+    g_stage, g_age = groups // (AGE_CAP + 1), groups % (AGE_CAP + 1)
+    bucket = _AGE_BUCKET[np.minimum(g_age[:, None] + steps[None, :], AGE_CAP)]
+    win = rates.win_base[g_stage[:, None], bucket] * rates.win_calendar[bucket, cal[None, :]]
+    loss = rates.loss_base[g_stage[:, None], bucket] * rates.loss_calendar[bucket, cal[None, :]]
+    open_path = _paths(win, loss)
+    open_rev = amount_g[groups] @ open_path
+    open_deals = count_g[groups].astype(np.float64) @ open_path
+
+    # Leads created on day i of the window follow the any-stage hazards from age 0.
+    lag = steps[None, :] - steps[:, None]  # (created day, close day)
+    valid = lag >= 0
+    nb = _AGE_BUCKET[np.clip(lag, 0, AGE_CAP)]
+    new_win = np.where(valid, rates.win_marginal[nb] * rates.win_calendar[nb, cal[None, :]], 0.0)
+    new_loss = np.where(valid, rates.loss_marginal[nb] * rates.loss_calendar[nb, cal[None, :]], 0.0)
+    new_path = _paths(new_win, new_loss)
+    arrivals = rates.arrival_rate * rates.arrival_calendar[cal]
+    new_expected_wins = arrivals @ new_path
+
+    # Amount of a new lead and the won/expected ratio: recent history, shrunk toward the plain mean / 1.
+    lookback = history.created < origin
+    created_age = (origin - 1 - history.created).astype(np.float64)
+    w = np.where(lookback, 0.5 ** (np.maximum(created_age, 0) / cfg.level_half_life_days), 0.0)
+    known_amount = history.amount_before(origin)
+    wsum = max(float(w.sum()), 1e-12)
+    new_amount = float((w * known_amount).sum() / wsum)
+    new_second = float((w * known_amount**2).sum() / wsum)
+    won_before = (history.status == WON) & history.closed_before(origin)
+    prior = history.amount_before(np.where(won_before, history.closed, 0))
+    final = history.won_value()
+    use = won_before & (prior > 0)
+    ww = 0.5 ** ((origin - 1 - history.closed[use]) / cfg.level_half_life_days)
+    pseudo = cfg.pseudo_events * max(float(np.mean(prior[use])) if use.any() else 1.0, 1e-9)
+    won_ratio = float(((ww * final[use]).sum() + pseudo) / ((ww * prior[use]).sum() + pseudo))
+
+    revenue = won_ratio * (open_rev + new_amount * new_expected_wins)
+    return _Curve(
+        revenue=revenue,
+        open_amount_sq=amount_sq_g[groups],
+        open_win_path=open_path,
+        new_second_moment=new_second,
+        new_expected_wins=new_expected_wins,
+        deals=open_deals + new_expected_wins,
+        won_ratio=won_ratio,
+    )
