@@ -191,7 +191,7 @@ def _ms(text: str) -> float:
 
 
 def parse_wrk(output: str) -> dict[str, Any]:
-    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.M))
+    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.M))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     return {
@@ -209,8 +209,11 @@ def run_wrk(port: int, script: str, args: list[str], duration: int) -> dict[str,
         "wrk", "-t2", "-c32", f"-d{duration}s", "--latency", "--timeout", "5s",
         "-s", str(WRK / script), f"http://127.0.0.1:{port}", "--", *args,
     ]  # fmt: skip
-    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
-    return parse_wrk(output)
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=duration + 60)
+    try:
+        return parse_wrk(done.stdout)
+    except (KeyError, AttributeError) as exc:
+        raise RuntimeError(f"unexpected wrk output for {script}:\n{done.stdout}\n{done.stderr}") from exc
 
 
 def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str, Any]:
@@ -230,6 +233,10 @@ def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str
         started = time.monotonic()
         scoped, prospecting = asyncio.run(seed(url, leads))
         seeded_s = time.monotonic() - started
+        if db == "postgresql":
+            # A database in service has planner statistics (autovacuum keeps
+            # them); a freshly bulk-loaded one does not until it runs.
+            asyncio.run(_pg("ANALYZE", database=name))
         (tmp / "ids.txt").write_text("\n".join(scoped[:20_000]) + "\n")
         (tmp / "moves.txt").write_text("\n".join(prospecting) + "\n")
         port = free_port()
@@ -282,8 +289,8 @@ def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str
             asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def _pg(statement: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
+async def _pg(statement: str, database: str | None = None) -> None:
+    conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{database}" if database else PG_ADMIN)
     try:
         await conn.execute(statement)
     finally:

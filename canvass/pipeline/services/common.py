@@ -71,10 +71,13 @@ async def paginate(
         else:
             stmt = stmt.where(or_(col > value, and_(col == value, id_column > last_id)))
     order = (key.column.desc(), id_column.desc()) if key.descending else (key.column, id_column)
-    result = await session.execute(stmt.order_by(*order).limit(limit + 1))
-    # Over a table's columns: plain rows (cheaper, nothing for the session to
-    # track on a read-only page); over a model: model objects.
-    rows = result.all() if plain_rows else result.scalars().all()
+    paged = stmt.order_by(*order).limit(limit + 1)
+    if plain_rows:
+        # Over a table's columns: plain rows straight from the connection (no
+        # ORM work, nothing for the session to track on a read-only page).
+        rows: Sequence[Any] = (await (await session.connection()).execute(paged)).all()
+    else:
+        rows = (await session.execute(paged)).scalars().all()
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]

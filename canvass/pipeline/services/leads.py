@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
 from canvass.errors import AlreadyExists, InvalidReference, NotFound
+from canvass.ids import new_id
 from canvass.pipeline import stages
 from canvass.pipeline.config import PipelineConfig
 from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, StageChange
@@ -83,7 +84,9 @@ async def read_lead(
     session: AsyncSession, actor: Actor, lead_id: uuid.UUID, config: PipelineConfig | None = None
 ) -> LeadOut:
     """A lead for display: a plain row straight into its response struct."""
-    row = (await session.execute(_lead_by_id(actor), {"lead_id": lead_id})).first()
+    # Straight on the connection: a read of plain rows needs none of the ORM's work.
+    connection = await session.connection()
+    row = (await connection.execute(_lead_by_id(actor), {"lead_id": lead_id})).first()
     if row is None:
         raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
     return to_lead_out(row, config)
@@ -184,8 +187,7 @@ async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, 
         qualification=msgspec.to_builtins(data.qualification) if data.qualification else {},
         visit_plan=msgspec.to_builtins(data.visit_plan) if data.visit_plan else {},
     )
-    if data.id is None:
-        fields.pop("id", None)
+    fields["id"] = data.id or new_id()  # known now, so the history row can refer to it
     lead = Lead(
         organization_id=actor.organization_id,
         stage=Stage.PROSPECTING.value,
@@ -196,9 +198,8 @@ async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, 
         **fields,
     )
     session.add(lead)
-    await session.flush()
     _record_change(session, actor, lead, from_stage=None, at=now, note="created")
-    await session.flush()
+    await session.flush()  # one flush: both rows in one unit of work
     return lead
 
 
