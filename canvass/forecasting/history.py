@@ -75,6 +75,8 @@ class LeadHistory:
     stage_lead: np.ndarray
     stage_day: np.ndarray
     stage_to: np.ndarray
+    amount_start: np.ndarray  # per lead, index of its first amount record (derived)
+    stage_start: np.ndarray  # per lead, index of its first stage change (derived)
 
     @property
     def n_leads(self) -> int:
@@ -134,6 +136,8 @@ class LeadHistory:
             s_day = np.concatenate([s_day, created_d[need]])
             s_to = np.concatenate([s_to, np.full(need.size, PROSPECTING, np.int8)])
         order = np.lexsort((np.arange(s_lead.size), s_day, s_lead))
+        s_lead = s_lead[order]
+        leads = np.arange(n)
         return cls(
             created=created_d,
             owner=owner_a,
@@ -142,9 +146,11 @@ class LeadHistory:
             amount_lead=a_lead,
             amount_day=a_day,
             amount=a_val,
-            stage_lead=s_lead[order],
+            stage_lead=s_lead,
             stage_day=s_day[order],
             stage_to=s_to[order],
+            amount_start=np.searchsorted(a_lead, leads),
+            stage_start=np.searchsorted(s_lead, leads),
         )
 
     # -- what was knowable at a day -------------------------------------------------
@@ -161,7 +167,11 @@ class LeadHistory:
         """Per lead, the latest amount recorded before ``cutoff`` (a day, or one day per lead); 0 if none."""
         cut = np.broadcast_to(np.asarray(cutoff, dtype=np.int64), (self.n_leads,))
         known = self.amount_day < cut[self.amount_lead]
-        return _last_per_lead(self.amount_lead, known, self.amount, self.n_leads, 0.0)
+        idx = _last_index_per_lead(self.amount_lead, self.amount_start, known)
+        out = np.zeros(self.n_leads, dtype=np.float64)
+        has = idx >= 0
+        out[has] = self.amount[idx[has]]
+        return out
 
     def won_value(self) -> np.ndarray:
         """Per lead, the amount on record at its close (the revenue of a won lead)."""
@@ -171,10 +181,10 @@ class LeadHistory:
         """Per lead, the stage index of its latest change before ``cutoff`` (its first stage if none)."""
         cut = np.broadcast_to(np.asarray(cutoff, dtype=np.int64), (self.n_leads,))
         known = self.stage_day < cut[self.stage_lead]
-        last = _last_index_per_lead(self.stage_lead, known, self.n_leads)
-        first = np.searchsorted(self.stage_lead, np.arange(self.n_leads))
-        idx = np.where(last >= 0, last, np.minimum(first, max(self.stage_lead.size - 1, 0)))
-        return self.stage_to[idx].astype(np.int64) if self.stage_to.size else np.zeros(self.n_leads, np.int64)
+        last = _last_index_per_lead(self.stage_lead, self.stage_start, known)
+        # every lead has a change on its creation day, so ``last`` is -1 only before the lead exists
+        idx = np.where(last >= 0, last, self.stage_start)
+        return self.stage_to[np.minimum(idx, self.stage_to.size - 1)].astype(np.int64)
 
 
 def _days(values: np.ndarray, missing: int | None = None) -> np.ndarray:
@@ -188,17 +198,8 @@ def _days(values: np.ndarray, missing: int | None = None) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _last_index_per_lead(lead: np.ndarray, known: np.ndarray, n: int) -> np.ndarray:
+def _last_index_per_lead(lead: np.ndarray, start: np.ndarray, known: np.ndarray) -> np.ndarray:
     """For records sorted by (lead, day) where ``known`` is a prefix within each lead:
     the index of each lead's last known record, -1 if none. O(records), no Python loop."""
-    counts = np.bincount(lead[known], minlength=n)
-    start = np.searchsorted(lead, np.arange(n))
+    counts = np.bincount(lead[known], minlength=start.size)
     return np.where(counts > 0, start + counts - 1, -1)
-
-
-def _last_per_lead(lead: np.ndarray, known: np.ndarray, values: np.ndarray, n: int, default: float) -> np.ndarray:
-    idx = _last_index_per_lead(lead, known, n)
-    out = np.full(n, default, dtype=np.float64)
-    has = idx >= 0
-    out[has] = values[idx[has]]
-    return out

@@ -89,8 +89,9 @@ def learned_many(
     table = _ExposureTable.build(history, t)
     h_max = max(horizons)
     inner = _inner_origins(t, table, h_max, cfg)
-    curves = {origin: _raw_curve(history, table, origin, h_max, cfg) for origin in {t, *inner}}
     won_value = history.won_value()
+    before_close = history.amount_before(np.where(history.closed >= 0, history.closed, 0))
+    curves = {origin: _raw_curve(history, table, origin, h_max, cfg, won_value, before_close) for origin in {t, *inner}}
     won = history.status == WON
     cold = t - first_close < cfg.cold_start_days
     results = []
@@ -356,7 +357,15 @@ def _paths(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return before * win
 
 
-def _raw_curve(history: LeadHistory, table: _ExposureTable, origin: int, h: int, cfg: LearnedConfig) -> _Curve:
+def _raw_curve(
+    history: LeadHistory,
+    table: _ExposureTable,
+    origin: int,
+    h: int,
+    cfg: LearnedConfig,
+    final: np.ndarray,
+    before_close: np.ndarray,
+) -> _Curve:
     """Uncalibrated daily forecast from ``origin``: open deals plus leads not yet created."""
     rates = _fit(table, origin, cfg)
     cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
@@ -365,7 +374,8 @@ def _raw_curve(history: LeadHistory, table: _ExposureTable, origin: int, h: int,
     # Open deals at origin, grouped by (stage, age capped): the hazards only see those.
     open_ = history.open_at(origin)
     idx = np.flatnonzero(open_)
-    amount = history.amount_before(origin)[idx]
+    known_amount = history.amount_before(origin)
+    amount = known_amount[idx]
     stage = history.stage_before(origin)[idx]
     age = np.minimum(origin - history.created[idx], AGE_CAP)
     key = stage * (AGE_CAP + 1) + age
@@ -396,13 +406,11 @@ def _raw_curve(history: LeadHistory, table: _ExposureTable, origin: int, h: int,
     lookback = history.created < origin
     created_age = (origin - 1 - history.created).astype(np.float64)
     w = np.where(lookback, 0.5 ** (np.maximum(created_age, 0) / cfg.level_half_life_days), 0.0)
-    known_amount = history.amount_before(origin)
     wsum = max(float(w.sum()), 1e-12)
     new_amount = float((w * known_amount).sum() / wsum)
     new_second = float((w * known_amount**2).sum() / wsum)
     won_before = (history.status == WON) & history.closed_before(origin)
-    prior = history.amount_before(np.where(won_before, history.closed, 0))
-    final = history.won_value()
+    prior = before_close
     use = won_before & (prior > 0)
     ww = 0.5 ** ((origin - 1 - history.closed[use]) / cfg.level_half_life_days)
     pseudo = cfg.pseudo_events * max(float(np.mean(prior[use])) if use.any() else 1.0, 1e-9)
