@@ -21,8 +21,8 @@ from canvass.db import utcnow
 from canvass.errors import AlreadyExists, InvalidReference, NotFound
 from canvass.ids import new_id
 from canvass.pipeline import stages
-from canvass.pipeline.config import PipelineConfig
-from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, StageChange
+from canvass.pipeline.config import PipelineConfig, decode_config
+from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, Organization, StageChange
 from canvass.pipeline.schemas import (
     LeadCreate,
     LeadOut,
@@ -40,7 +40,6 @@ from canvass.pipeline.services.common import (
     paginate,
     timestamp_key,
 )
-from canvass.pipeline.services.organizations import pipeline_config
 from canvass.pipeline.vocabulary import ForecastCategory, LeadStatus, Outcome, Stage
 
 LEAD_SORTS: dict[str, SortKey] = {
@@ -227,8 +226,9 @@ async def delete_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *
     await session.flush()
 
 
-async def lead_facts(session: AsyncSession, lead: Lead) -> stages.LeadFacts:
-    """Gather what the stage rules need, in one round trip."""
+async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFacts, PipelineConfig]:
+    """Gather what the stage rules need — the lead's activity and objection
+    counts and the organization's current configuration — in one round trip."""
     org, lead_id = lead.organization_id, lead.id
     completed_visits = (
         select(func.count())
@@ -242,10 +242,13 @@ async def lead_facts(session: AsyncSession, lead: Lead) -> stages.LeadFacts:
     )
     raised = select(func.count()).where(Objection.organization_id == org, Objection.lead_id == lead_id)
     still_open = raised.where(Objection.status == "open")
+    settings = select(Organization.settings).where(Organization.id == org).scalar_subquery()
     row = (
-        await session.execute(select(completed_visits, raised.scalar_subquery(), still_open.scalar_subquery()))
+        await session.execute(
+            select(completed_visits, raised.scalar_subquery(), still_open.scalar_subquery(), settings)
+        )
     ).one()
-    return stages.LeadFacts(
+    facts = stages.LeadFacts(
         stage=Stage(lead.stage),
         status=LeadStatus(lead.status),
         has_account=lead.account_id is not None,
@@ -257,6 +260,7 @@ async def lead_facts(session: AsyncSession, lead: Lead) -> stages.LeadFacts:
         open_objections=row[2],
         lost_at_stage=Stage(lead.lost_at_stage) if lead.lost_at_stage else None,
     )
+    return facts, decode_config(row[3])
 
 
 async def move_stage(
@@ -270,8 +274,8 @@ async def move_stage(
 ) -> Lead:
     lead = await get_lead(session, actor, lead_id, for_update=True)
     check_version(lead.version, if_match)
-    config = config or await pipeline_config(session, actor.organization_id)
-    facts = await lead_facts(session, lead)
+    facts, current = await lead_facts(session, lead)
+    config = config or current
     stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
     at = move.at or utcnow()
     from_stage, entered = lead.stage, lead.stage_entered_at
@@ -299,7 +303,7 @@ async def record_outcome(
 ) -> Lead:
     lead = await get_lead(session, actor, lead_id, for_update=True)
     check_version(lead.version, if_match)
-    facts = await lead_facts(session, lead)
+    facts, _ = await lead_facts(session, lead)
     amount = record.amount if record.amount is not None else lead.amount
     stages.check_outcome(facts, record.outcome, amount=amount, reason=record.loss_reason)
     at = record.at or utcnow()
@@ -340,7 +344,7 @@ async def reopen_lead(
 ) -> Lead:
     lead = await get_lead(session, actor, lead_id, for_update=True)
     check_version(lead.version, if_match)
-    facts = await lead_facts(session, lead)
+    facts, _ = await lead_facts(session, lead)
     back_to = stages.check_reopen(facts, role=actor.role)
     at = utcnow()
     from_stage, entered = lead.stage, lead.stage_entered_at
