@@ -317,12 +317,18 @@ def main() -> None:
     parser.add_argument("--db", action="append", choices=["postgresql", "sqlite"])
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--duration", type=int, default=15, help="seconds per operation")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes (default: 2 for PostgreSQL, 1 for SQLite's single writer)",
+    )
     args = parser.parse_args()
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     for db in args.db or ["postgresql", "sqlite"]:
-        report = bench_database(db, args.leads, args.duration, args.workers)
+        workers = args.workers or (2 if db == "postgresql" else 1)
+        report = bench_database(db, args.leads, args.duration, workers)
         (out / f"http_{db}.json").write_text(json.dumps(report, indent=2) + "\n")
         print(table(report), flush=True)
 
