@@ -90,6 +90,66 @@ def users_create(org_slug: str, email: str, name: str, role: str, password: str)
     click.echo(asyncio.run(create_user_cli(get_settings(), org_slug, email, name, role, password)))
 
 
+@main.group()
+def forecast() -> None:
+    """Forecasts from the stored history."""
+
+
+@forecast.command("backtest")
+@click.option("--org", "org_slug", default=None, help="Organization slug (default: the only one in the database).")
+@click.option("--horizons", default="30,60,90", show_default=True, help="Comma-separated horizons in days.")
+@click.option("--from", "from_date", default=None, help="First as-of date (YYYY-MM-DD); default: the history's start.")
+@click.option("--to", "to_date", default=None, help="End of the scored period (YYYY-MM-DD); default: the last record.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def forecast_backtest(
+    org_slug: str | None, horizons: str, from_date: str | None, to_date: str | None, as_json: bool
+) -> None:
+    """Replay the stored history at monthly as-of dates, using only what was
+    knowable then, and score every method (WAPE, bias, P10–P90 coverage)."""
+    import msgspec
+
+    from canvass.forecasting.backtest import run_backtest
+
+    try:
+        steps = [int(h) for h in horizons.split(",") if h.strip()]
+    except ValueError as exc:
+        raise click.BadParameter("horizons are whole days, e.g. 30,60,90", param_hint="--horizons") from exc
+    history = asyncio.run(_tenant_history(org_slug))
+    report = run_backtest(history, horizons=steps, from_date=from_date, to_date=to_date)
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+        return
+    click.echo(f"as-of dates: {', '.join(report.as_of)}")
+    click.echo(f"{'method':<20}{'h':>5}{'WAPE':>9}{'bias':>9}{'cover':>8}{'n':>4}")
+    for r in report.results:
+        cells = [_pct(r.wape), _pct(r.bias), _pct(r.coverage_p10_p90)]
+        click.echo(f"{r.method:<20}{r.horizon_days:>5}{cells[0]:>9}{cells[1]:>9}{cells[2]:>8}{r.n:>4}")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+async def _tenant_history(org_slug: str | None):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from canvass.db import create_engine, session_factory
+    from canvass.forecasting.queries import lead_history
+    from canvass.pipeline.models import Organization
+
+    engine = create_engine(get_settings().async_database_url)
+    try:
+        async with session_factory(engine)() as session:
+            orgs = (await session.execute(select(Organization.id, Organization.slug))).all()
+            chosen = [o for o in orgs if o.slug == org_slug] if org_slug else orgs
+            if len(chosen) != 1:
+                slugs = ", ".join(sorted(o.slug for o in orgs)) or "none"
+                raise click.UsageError(f"name one organization with --org (found: {slugs})")
+            return await lead_history(session, chosen[0].id)
+    finally:
+        await engine.dispose()
+
+
 def _redacted(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
