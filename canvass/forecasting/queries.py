@@ -439,7 +439,7 @@ async def lead_history(session: AsyncSession, organization_id: uuid.UUID) -> Lea
         owner=owner,
         amount_lead=np.array([index[c[0]] for c in priced], dtype=np.int64),
         amount_day=np.array([(c[1] - epoch).days for c in priced], dtype=np.int64),
-        amount=np.array([float(c[3]) for c in priced], dtype=np.float64),
+        amount=np.array([float(c[3] or 0.0) for c in priced], dtype=np.float64),
         stage_lead=stage_lead,
         stage_day=stage_day,
         stage_to=stage_to,
