@@ -7,11 +7,11 @@ Pieces, and why each is there (see docs/forecasting.md for the evidence):
   inside the window follows from its stage and how old it already is, so stale deals
   fade out instead of counting at full probability.
 * **Calendar effects**: each hazard is multiplied by a factor for the day's position
-  in the quarter (month 1/2/3) and in the month (days 1-10, 11-20, 21+), per age
+  in the quarter (month 1/2/3) and in the month (days 1-10, 11-20, 21+, last three), per age
   bucket. Factors are observed/expected ratios with pseudo-events, shrunk toward a
   pooled factor and that toward flat, so a short history gives a flat calendar.
 * **Recency weighting**: the hazard levels and the arrival rate weight recent days
-  more (half-life ``level_half_life_days``): funnels drift.
+  more (the half-life is picked by the inner backtest): funnels drift.
 * **Arrivals**: leads that do not exist yet are forecast at the recency-weighted,
   calendar-adjusted arrival rate and follow the same hazards from age 0. In fast
   funnels most of the window's wins come from them.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 import numpy as np
@@ -42,20 +42,25 @@ AGE_EDGES = np.array([0, 7, 14, 30, 60, 90, 120, 180, 365], dtype=np.int64)  # l
 N_AGE = AGE_EDGES.size
 AGE_CAP = int(AGE_EDGES[-1])  # beyond this age the hazard no longer changes with age
 N_STAGE = len(STAGES)
-N_CAL = 9  # month of quarter (3) × part of month (3)
+N_CAL = 12  # month of quarter (3) × part of month (4)
 _AGE_BUCKET = np.searchsorted(AGE_EDGES, np.arange(AGE_CAP + 1), side="right") - 1
 
 
 class LearnedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Fixed constants of the learned model. None is fitted to a particular tenant."""
 
-    level_half_life_days: float = 90.0  # recency of hazard levels and arrival rate
+    half_life_candidates: tuple[float, ...] = (90.0, 45.0, 180.0)  # recency of levels; inner backtest picks
+    amount_half_life_days: float = 90.0  # recency of new-lead amounts and the won/expected amount ratio
     calendar_half_life_days: float = 730.0  # calendar pattern: long memory
     pseudo_events: float = 10.0  # shrinkage strength for rates and calendar factors
     calendar_pseudo_days: float = 30.0  # arrival calendar factors shrink while cells have few days
-    inner_origins: int = 6  # monthly origins of the self-calibration backtest
-    calibration_prior_origins: float = 2.0  # shrink the calibration toward 1 with this many pseudo-origins
-    prior_sigma: float = 0.2  # prior log-error spread, before inner errors are seen
+    inner_origins: int = 6  # latest monthly inner origins that set the calibration factor
+    spread_origins: int = 12  # inner origins whose errors set the interval's shock
+    calibration_prior_origins: float = 2.0  # weight (in origins) of the prior error spread
+    bias_prior_sigma: float = 0.2  # prior spread of the model's log bias that calibration corrects
+    prior_sigma: float = 0.2  # prior shared-shock spread (log), before inner errors are seen
+    min_shock_sigma: float = 0.05
+    max_season_years: int = 3  # year-over-year arrival seasonality looks back this many years
     cold_start_days: int = 91  # less than one quarter of closes on record: flagged and widened
     cold_start_extra_sigma: float = 0.25
     min_closes: int = 30  # fewer closes on record: fall back to the weighted pipeline
@@ -91,29 +96,51 @@ def learned_many(
     inner = _inner_origins(t, table, h_max, cfg)
     won_value = history.won_value()
     before_close = history.amount_before(np.where(history.closed >= 0, history.closed, 0))
-    curves = {origin: _raw_curve(history, table, origin, h_max, cfg, won_value, before_close) for origin in {t, *inner}}
+    states = {o: _OriginState.at(history, o, cfg, won_value, before_close) for o in {t, *inner}}
     won = history.status == WON
+    actuals = {
+        (o, h): float(won_value[won & (history.closed >= o) & (history.closed < o + h)].sum())
+        for o in inner
+        for h in horizons
+    }
+
+    # The recency half-life is chosen by the inner backtest: the one with the smallest log errors.
+    best: tuple[float, float, dict[int, _Curve]] | None = None
+    for half_life in cfg.half_life_candidates:
+        curves = {o: _curve(table, states[o], o, h_max, _fit(table, o, half_life, cfg, h_max)) for o in states}
+        errs = [e for h in horizons for e, _ in _inner_errors(curves, inner, actuals, t, h, cfg)]
+        loss = float(np.mean(np.square(errs))) if errs else 0.0
+        if best is None or loss < best[0] - 1e-12:
+            best = (loss, half_life, curves)
+    assert best is not None
+    _, half_life, curves = best
+
     cold = t - first_close < cfg.cold_start_days
     results = []
     for h in horizons:
         rev, var, deals = curves[t].window(h)
-        errors = []
-        for origin in [o for o in inner if o + h <= t][: cfg.inner_origins]:
-            f, _, _ = curves[origin].window(h)
-            mask = won & (history.closed >= origin) & (history.closed < origin + h)
-            actual = float(won_value[mask].sum())
-            if f > 0 and actual > 0:
-                errors.append(np.log(actual / f))
-        n = len(errors)
-        mean_err = float(np.mean(errors)) if n else 0.0
-        shrunk = mean_err * n / (n + cfg.calibration_prior_origins)
-        factor = float(np.clip(np.exp(shrunk), 0.5, 2.0))
-        resid = np.asarray(errors) - shrunk
-        sigma2 = (float(np.sum(resid**2)) + cfg.calibration_prior_origins * cfg.prior_sigma**2) / (
-            n + cfg.calibration_prior_origins
-        )
+        pairs = _inner_errors(curves, inner, actuals, t, h, cfg)
+        errors = np.array([e for e, _ in pairs])
+        noise = np.array([c for _, c in pairs])
+        # Error spread per origin (deal noise and shocks), from all inner origins, with a prior.
+        k0, m = cfg.calibration_prior_origins, errors.size
+        dev2 = float(np.sum((errors - errors.mean()) ** 2)) if m else 0.0
+        spread2 = (dev2 + k0 * cfg.prior_sigma**2) / (max(m - 1, 0) + k0)
+        spread2 = max(spread2, (float(noise.mean()) if m else 0.0) + cfg.min_shock_sigma**2)
+        # Calibration: the model's bias, a normal mean with prior N(0, bias_prior_sigma²) and the
+        # latest origins as evidence, so noisy tenants calibrate less than steady ones.
+        recent = errors[: cfg.inner_origins]
+        n = recent.size
+        precision = n / spread2 + 1 / cfg.bias_prior_sigma**2
+        bias_mean, bias_var = float(recent.sum()) / spread2 / precision, 1 / precision
+        factor = float(np.clip(np.exp(bias_mean), 0.5, 2.0))
+        # The simulation adds this window's deal noise itself; the shared shock gets the rest.
+        now_noise = var / (rev * rev) if rev > 0 else 0.0
+        sigma2 = max(spread2 - now_noise, cfg.min_shock_sigma**2) + bias_var
         flags: list[str] = []
-        notes: list[str] = [f"self-calibration factor {factor:.3f} from {n} inner origins"]
+        notes: list[str] = [
+            f"self-calibration factor {factor:.3f} from {n} inner origins; recency half-life {half_life:g} days"
+        ]
         if cold:
             sigma2 += cfg.cold_start_extra_sigma**2
             flags.append("cold_start")
@@ -161,6 +188,24 @@ def _fallback(
     )
 
 
+def _inner_errors(
+    curves: dict[int, _Curve],
+    inner: list[int],
+    actuals: dict[tuple[int, int], float],
+    t: int,
+    h: int,
+    cfg: LearnedConfig,
+) -> list[tuple[float, float]]:
+    """(log(actual / forecast), deal-noise CV²) at the latest inner origins whose h-day window ended by t."""
+    out = []
+    for origin in [o for o in inner if o + h <= t][: cfg.spread_origins]:
+        f, var, _ = curves[origin].window(h)
+        actual = actuals[(origin, h)]
+        if f > 0 and actual > 0:
+            out.append((float(np.log(actual / f)), var / (f * f)))
+    return out
+
+
 def _simulate(mean: float, var: float, sigma: float, n: int, seed: int) -> tuple[float, float, float]:
     """P10/P50/P90 of mean × shared lognormal shock × compound deal noise (gamma with the deals' variance)."""
     if mean <= 0:
@@ -174,11 +219,14 @@ def _simulate(mean: float, var: float, sigma: float, n: int, seed: int) -> tuple
 
 
 def calendar_cell(days: np.ndarray) -> np.ndarray:
-    """Position of each day in its quarter and month: 3 × month-of-quarter + part-of-month (0..8)."""
+    """Position of each day in its quarter and month: 4 × month-of-quarter + part of month, where the
+    parts are days 1-10, 11-20, 21 to the fourth-last, and the last three (where quarter-end deals land)."""
     d = np.asarray(days, dtype=np.int64).astype("datetime64[D]")
     month = d.astype("datetime64[M]")
-    part = np.minimum((d - month).astype(np.int64) // 10, 2)
-    return (month.astype(np.int64) % 3) * 3 + part
+    dom = (d - month).astype(np.int64)
+    left = ((month + 1).astype("datetime64[D]") - d).astype(np.int64)  # 1 on the last day
+    part = np.where(left <= 3, 3, np.minimum(dom // 10, 2))
+    return (month.astype(np.int64) % 3) * 4 + part
 
 
 def _add_months(day: int, months: int) -> int:
@@ -191,7 +239,7 @@ def _add_months(day: int, months: int) -> int:
 def _inner_origins(t: int, table: _ExposureTable, h_max: int, cfg: LearnedConfig) -> list[int]:
     """Monthly origins before ``t`` whose windows end by ``t`` and that had enough closes behind them."""
     out = []
-    for m in range(1, cfg.inner_origins + 1 + h_max // 28):
+    for m in range(1, max(cfg.inner_origins, cfg.spread_origins) + 1 + h_max // 28):
         origin = _add_months(t, -m)
         if origin - table.first_close < cfg.min_close_days:
             break
@@ -230,6 +278,9 @@ class _ExposureTable:
     at_risk: np.ndarray  # (N_STAGE, N_AGE, days)
     wins: np.ndarray
     losses: np.ndarray
+    at_risk_value: np.ndarray  # the same, each lead weighted by its amount
+    wins_value: np.ndarray
+    losses_value: np.ndarray
     arrivals: np.ndarray  # (days,)
     calendar: np.ndarray  # (days + horizon room,) calendar cell of day d0 + i
 
@@ -255,8 +306,13 @@ class _ExposureTable:
         seg_end[:-1][same] = seg_start[1:][same] - 1
         seg_created = history.created[seg_lead]
 
+        # Each lead also weighs in with its amount (the latest before t or before its close): the
+        # value-weighted hazards carry any link between deal size and winning into the revenue forecast.
+        value = history.amount_before(limit)
+        seg_value = value[seg_lead]
         width = n_days + 1
         diff = np.zeros(N_STAGE * N_AGE * width, np.float64)
+        diff_v = np.zeros(N_STAGE * N_AGE * width, np.float64)
         for b in range(N_AGE):
             lo = seg_created + AGE_EDGES[b]
             a_start = np.maximum(seg_start, lo)
@@ -265,7 +321,11 @@ class _ExposureTable:
             base = (seg_stage[ok] * N_AGE + b) * width
             diff += np.bincount(base + (a_start[ok] - d0), minlength=diff.size)
             diff -= np.bincount(base + (a_end[ok] + 1 - d0), minlength=diff.size)
+            v = seg_value[ok]
+            diff_v += np.bincount(base + (a_start[ok] - d0), weights=v, minlength=diff.size)
+            diff_v -= np.bincount(base + (a_end[ok] + 1 - d0), weights=v, minlength=diff.size)
         at_risk = np.cumsum(diff.reshape(N_STAGE, N_AGE, width), axis=2)[:, :, :n_days]
+        at_risk_value = np.cumsum(diff_v.reshape(N_STAGE, N_AGE, width), axis=2)[:, :, :n_days]
 
         c_idx = np.flatnonzero(closed)
         c_day = history.closed[c_idx]
@@ -276,10 +336,16 @@ class _ExposureTable:
         size = N_STAGE * N_AGE * n_days
         wins = np.bincount(key[won], minlength=size).reshape(N_STAGE, N_AGE, n_days).astype(np.float64)
         losses = np.bincount(key[~won], minlength=size).reshape(N_STAGE, N_AGE, n_days).astype(np.float64)
+        c_value = value[c_idx]
+        shape = (N_STAGE, N_AGE, n_days)
+        wins_value = np.bincount(key[won], weights=c_value[won], minlength=size).reshape(shape)
+        losses_value = np.bincount(key[~won], weights=c_value[~won], minlength=size).reshape(shape)
         arrivals = np.bincount(history.created[exists] - d0, minlength=n_days).astype(np.float64)
         calendar = calendar_cell(np.arange(d0, t + 400))
         first_close = int(c_day.min())
-        return cls(d0, t, first_close, at_risk, wins, losses, arrivals, calendar)
+        return cls(
+            d0, t, first_close, at_risk, wins, losses, at_risk_value, wins_value, losses_value, arrivals, calendar
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,13 +358,21 @@ class _Rates:
     loss_calendar: np.ndarray
     arrival_rate: float
     arrival_calendar: np.ndarray  # (N_CAL,)
+    arrival_season: np.ndarray  # (h,) year-over-year multiplier per future day
+    size_ratio: np.ndarray  # (N_AGE,) mean won amount / mean amount at risk
+
+    def for_revenue(self) -> _Rates:
+        """The same hazards with wins weighted by deal size: what revenue (not deal count) follows."""
+        return replace(
+            self, win_base=self.win_base * self.size_ratio[None, :], win_marginal=self.win_marginal * self.size_ratio
+        )
 
 
-def _fit(table: _ExposureTable, origin: int, cfg: LearnedConfig) -> _Rates:
+def _fit(table: _ExposureTable, origin: int, half_life: float, cfg: LearnedConfig, h: int) -> _Rates:
     """Rates from days [first close, origin) only: the table's later days are ignored."""
     lo, hi = table.first_close - table.d0, origin - table.d0
     age_from_end = (hi - 1 - np.arange(lo, hi)).astype(np.float64)
-    w_level = 0.5 ** (age_from_end / cfg.level_half_life_days)
+    w_level = 0.5 ** (age_from_end / half_life)
     w_cal = 0.5 ** (age_from_end / cfg.calendar_half_life_days)
     onehot = np.eye(N_CAL)[table.calendar[lo:hi]]  # (days, N_CAL)
     k = cfg.pseudo_events
@@ -329,11 +403,21 @@ def _fit(table: _ExposureTable, origin: int, cfg: LearnedConfig) -> _Rates:
     win_base, win_marg, win_cal = hazard(table.wins)
     loss_base, loss_marg, loss_cal = hazard(table.losses)
 
+    # Deal size and winning: per age bucket, the mean amount of wins over the mean amount at risk
+    # (long memory, shrunk toward 1 with pseudo-wins of average size). Scales win hazards for revenue.
+    won_n = (table.wins[:, :, lo:hi] * w_cal).sum(axis=(0, 2))
+    won_v = (table.wins_value[:, :, lo:hi] * w_cal).sum(axis=(0, 2))
+    risk_n = (x * w_cal).sum(axis=(0, 2))
+    risk_v = (table.at_risk_value[:, :, lo:hi] * w_cal).sum(axis=(0, 2))
+    mean_risk = np.where(risk_n > 0, risk_v / np.maximum(risk_n, 1e-12), 0.0)
+    size_ratio = np.where(mean_risk > 0, (won_v + k * mean_risk) / np.maximum((won_n + k) * mean_risk, 1e-12), 1.0)
+    size_ratio = np.clip(size_ratio, 0.5, 2.0)
+
     # Arrivals: calendar factors with a long memory, shrunk while cells have few days; level recent.
     a_hi = hi
     a_age = (a_hi - 1 - np.arange(a_hi)).astype(np.float64)
     wa_cal = 0.5 ** (a_age / cfg.calendar_half_life_days)
-    wa_level = 0.5 ** (a_age / cfg.level_half_life_days)
+    wa_level = 0.5 ** (a_age / half_life)
     arr = table.arrivals[:a_hi]
     oh = np.eye(N_CAL)[table.calendar[:a_hi]]
     days_c = wa_cal @ oh
@@ -343,7 +427,36 @@ def _fit(table: _ExposureTable, origin: int, cfg: LearnedConfig) -> _Rates:
     trust = days_c / (days_c + cfg.calendar_pseudo_days)
     arr_cal = np.where(days_c > 0, 1 + (raw - 1) * trust, 1.0)
     level = float((arr * wa_level).sum() / max((wa_level * arr_cal[table.calendar[:a_hi]]).sum(), 1e-12))
-    return _Rates(win_base, loss_base, win_marg, loss_marg, win_cal, loss_cal, level, arr_cal)
+    season = _arrival_season(arr, table.calendar[:a_hi], arr_cal, wa_level, h, cfg)
+    return _Rates(win_base, loss_base, win_marg, loss_marg, win_cal, loss_cal, level, arr_cal, season, size_ratio)
+
+
+def _arrival_season(
+    arr: np.ndarray, cal: np.ndarray, arr_cal: np.ndarray, w_level: np.ndarray, h: int, cfg: LearnedConfig
+) -> np.ndarray:
+    """Year-over-year arrival multiplier per future day: how last year's next-h days compared with
+    last year's recent period (same recency weights), in 30-day blocks, averaged over past years and
+    shrunk toward 1 (one year of evidence counts two-thirds). Flat until a whole reference period is on record."""
+    hi = arr.size
+    logs = []
+    for year in range(1, cfg.max_season_years + 1):
+        shift = round(365.25 * year)
+        ref = np.arange(hi) - shift
+        ok = ref >= 0
+        if w_level[ok].sum() < 0.8 * w_level.sum():
+            break
+        ref_level = (w_level[ok] * arr[ref[ok]]).sum() / max((w_level[ok] * arr_cal[cal[ref[ok]]]).sum(), 1e-12)
+        days = hi - shift + np.arange(h)
+        block = np.arange(h) // 30
+        n_block = np.bincount(block, weights=arr[days])
+        e_block = np.bincount(block, weights=arr_cal[cal[days]])
+        if ref_level <= 0 or np.any(n_block <= 0):
+            break
+        logs.append(np.log(n_block / e_block / ref_level)[block])
+    if not logs:
+        return np.ones(h)
+    n = len(logs)
+    return np.exp(np.clip(np.mean(logs, axis=0) * n / (n + 0.5), np.log(0.5), np.log(2.0)))
 
 
 def _paths(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
@@ -357,72 +470,88 @@ def _paths(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return before * win
 
 
-def _raw_curve(
-    history: LeadHistory,
-    table: _ExposureTable,
-    origin: int,
-    h: int,
-    cfg: LearnedConfig,
-    final: np.ndarray,
-    before_close: np.ndarray,
-) -> _Curve:
-    """Uncalibrated daily forecast from ``origin``: open deals plus leads not yet created."""
-    rates = _fit(table, origin, cfg)
-    cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
-    steps = np.arange(h)
+@dataclass(frozen=True, slots=True)
+class _OriginState:
+    """What was knowable at an origin, reduced to what the hazards need: open deals grouped by
+    (stage, age capped), plus the amount of a typical new lead and the won/expected amount ratio."""
 
-    # Open deals at origin, grouped by (stage, age capped): the hazards only see those.
-    open_ = history.open_at(origin)
-    idx = np.flatnonzero(open_)
-    known_amount = history.amount_before(origin)
-    amount = known_amount[idx]
-    stage = history.stage_before(origin)[idx]
-    age = np.minimum(origin - history.created[idx], AGE_CAP)
-    key = stage * (AGE_CAP + 1) + age
-    n_groups = N_STAGE * (AGE_CAP + 1)
-    count_g = np.bincount(key, minlength=n_groups)
-    amount_g = np.bincount(key, weights=amount, minlength=n_groups)
-    amount_sq_g = np.bincount(key, weights=amount * amount, minlength=n_groups)
-    groups = np.flatnonzero(count_g)
-    g_stage, g_age = groups // (AGE_CAP + 1), groups % (AGE_CAP + 1)
-    bucket = _AGE_BUCKET[np.minimum(g_age[:, None] + steps[None, :], AGE_CAP)]
-    win = rates.win_base[g_stage[:, None], bucket] * rates.win_calendar[bucket, cal[None, :]]
-    loss = rates.loss_base[g_stage[:, None], bucket] * rates.loss_calendar[bucket, cal[None, :]]
-    open_path = _paths(win, loss)
-    open_rev = amount_g[groups] @ open_path
-    open_deals = count_g[groups].astype(np.float64) @ open_path
+    g_stage: np.ndarray
+    g_age: np.ndarray
+    count: np.ndarray
+    amount: np.ndarray
+    amount_sq: np.ndarray
+    new_amount: float
+    new_second_moment: float
+    won_ratio: float
 
+    @classmethod
+    def at(
+        cls, history: LeadHistory, origin: int, cfg: LearnedConfig, final: np.ndarray, before_close: np.ndarray
+    ) -> _OriginState:
+        idx = np.flatnonzero(history.open_at(origin))
+        known_amount = history.amount_before(origin)
+        amount = known_amount[idx]
+        stage = history.stage_before(origin)[idx]
+        age = np.minimum(origin - history.created[idx], AGE_CAP)
+        key = stage * (AGE_CAP + 1) + age
+        n_groups = N_STAGE * (AGE_CAP + 1)
+        count_g = np.bincount(key, minlength=n_groups)
+        amount_g = np.bincount(key, weights=amount, minlength=n_groups)
+        amount_sq_g = np.bincount(key, weights=amount * amount, minlength=n_groups)
+        groups = np.flatnonzero(count_g)
+
+        # A new lead's amount and the won/expected ratio: recent history, the ratio shrunk toward 1.
+        hl = cfg.amount_half_life_days
+        created_age = np.maximum(origin - 1 - history.created, 0).astype(np.float64)
+        w = np.where(history.created < origin, 0.5 ** (created_age / hl), 0.0)
+        wsum = max(float(w.sum()), 1e-12)
+        won_before = (history.status == WON) & history.closed_before(origin)
+        use = won_before & (before_close > 0)
+        ww = 0.5 ** ((origin - 1 - history.closed[use]) / hl)
+        pseudo = cfg.pseudo_events * max(float(np.mean(before_close[use])) if use.any() else 1.0, 1e-9)
+        won_ratio = float(((ww * final[use]).sum() + pseudo) / ((ww * before_close[use]).sum() + pseudo))
+        return cls(
+            g_stage=groups // (AGE_CAP + 1),
+            g_age=groups % (AGE_CAP + 1),
+            count=count_g[groups].astype(np.float64),
+            amount=amount_g[groups],
+            amount_sq=amount_sq_g[groups],
+            new_amount=float((w * known_amount).sum() / wsum),
+            new_second_moment=float((w * known_amount**2).sum() / wsum),
+            won_ratio=won_ratio,
+        )
+
+
+def _win_paths(state: _OriginState, rates: _Rates, cal: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Daily win probabilities: per open group, and per lead created on each day of the window."""
+    bucket = _AGE_BUCKET[np.minimum(state.g_age[:, None] + steps[None, :], AGE_CAP)]
+    win = rates.win_base[state.g_stage[:, None], bucket] * rates.win_calendar[bucket, cal[None, :]]
+    loss = rates.loss_base[state.g_stage[:, None], bucket] * rates.loss_calendar[bucket, cal[None, :]]
     # Leads created on day i of the window follow the any-stage hazards from age 0.
     lag = steps[None, :] - steps[:, None]  # (created day, close day)
     valid = lag >= 0
     nb = _AGE_BUCKET[np.clip(lag, 0, AGE_CAP)]
     new_win = np.where(valid, rates.win_marginal[nb] * rates.win_calendar[nb, cal[None, :]], 0.0)
     new_loss = np.where(valid, rates.loss_marginal[nb] * rates.loss_calendar[nb, cal[None, :]], 0.0)
-    new_path = _paths(new_win, new_loss)
-    arrivals = rates.arrival_rate * rates.arrival_calendar[cal]
+    return _paths(win, loss), _paths(new_win, new_loss)
+
+
+def _curve(table: _ExposureTable, state: _OriginState, origin: int, h: int, rates: _Rates) -> _Curve:
+    """Uncalibrated daily forecast from ``origin``: open deals plus leads not yet created.
+    Deals use the count hazards; revenue the size-weighted ones."""
+    cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
+    steps = np.arange(h)
+    arrivals = rates.arrival_rate * rates.arrival_calendar[cal] * rates.arrival_season
+    open_path, new_path = _win_paths(state, rates, cal, steps)
+    open_value_path, new_value_path = _win_paths(state, rates.for_revenue(), cal, steps)
     new_expected_wins = arrivals @ new_path
-
-    # Amount of a new lead and the won/expected ratio: recent history, shrunk toward the plain mean / 1.
-    lookback = history.created < origin
-    created_age = (origin - 1 - history.created).astype(np.float64)
-    w = np.where(lookback, 0.5 ** (np.maximum(created_age, 0) / cfg.level_half_life_days), 0.0)
-    wsum = max(float(w.sum()), 1e-12)
-    new_amount = float((w * known_amount).sum() / wsum)
-    new_second = float((w * known_amount**2).sum() / wsum)
-    won_before = (history.status == WON) & history.closed_before(origin)
-    prior = before_close
-    use = won_before & (prior > 0)
-    ww = 0.5 ** ((origin - 1 - history.closed[use]) / cfg.level_half_life_days)
-    pseudo = cfg.pseudo_events * max(float(np.mean(prior[use])) if use.any() else 1.0, 1e-9)
-    won_ratio = float(((ww * final[use]).sum() + pseudo) / ((ww * prior[use]).sum() + pseudo))
-
-    revenue = won_ratio * (open_rev + new_amount * new_expected_wins)
+    revenue = state.won_ratio * (state.amount @ open_value_path + state.new_amount * (arrivals @ new_value_path))
     return _Curve(
         revenue=revenue,
-        open_amount_sq=amount_sq_g[groups],
+        open_amount_sq=state.amount_sq,
         open_win_path=open_path,
-        new_second_moment=new_second,
+        new_second_moment=state.new_second_moment,
         new_expected_wins=new_expected_wins,
-        deals=open_deals + new_expected_wins,
-        won_ratio=won_ratio,
+        deals=state.count @ open_path + new_expected_wins,
+        won_ratio=state.won_ratio,
     )
