@@ -18,6 +18,7 @@ from canvass.api.controllers.accounts import AccountController, ContactControlle
 from canvass.api.controllers.activities import ActivityController, ObjectionController
 from canvass.api.controllers.auth import AuthController
 from canvass.api.controllers.forecasts import ForecastController
+from canvass.api.controllers.imports import ImportController
 from canvass.api.controllers.leads import LeadController
 from canvass.api.controllers.people import (
     SettingsController,
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
             SettingsController,
             ReportController,
             ForecastController,
+            ImportController,
             create_static_files_router(
                 path=_SWAGGER_ASSETS, directories=[swagger_ui.static_path], include_in_schema=False
             ),
