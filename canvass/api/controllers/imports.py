@@ -40,7 +40,6 @@ def parse_ndjson(body: bytes) -> tuple[list[tuple[int, LeadImportRow]], list[Rej
 class ImportController(Controller):
     path = "/api/v1/imports"
     tags = ["imports"]
-    guards = [managers_and_admins]
 
     @post(
         "/leads",
@@ -48,6 +47,7 @@ class ImportController(Controller):
         responses=PROBLEM_RESPONSES,
         status_code=HTTP_200_OK,
         request_max_body_size=MAX_IMPORT_BYTES,
+        guards=[managers_and_admins],  # on the handler, so CORS/OPTIONS stays unauthenticated
     )
     async def import_leads(self, db: Db, actor: CurrentActor, request: Request) -> ImportReport:  # type: ignore[type-arg]
         """Newline-delimited JSON, one lead per line with its `history` of stage
