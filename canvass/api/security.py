@@ -88,7 +88,9 @@ def requires_role(*roles: Role):  # type: ignore[no-untyped-def]
     allowed = frozenset(roles)
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        actor: Actor = connection.user
+        actor = connection.scope.get("user")
+        if not isinstance(actor, Actor):
+            raise NotAuthorizedException("Authentication required.")
         if actor.role not in allowed:
             raise PermissionDeniedException(
                 f"This operation is for {', '.join(sorted(r.value for r in allowed))}; you are a {actor.role.value}."
