@@ -61,12 +61,16 @@ class LeadFilters(msgspec.Struct, kw_only=True):
     q: str | None = None  # text search on the lead's title and its account's name
 
 
+@functools.lru_cache(maxsize=4096)
+def _lead_model_by_id(actor: Actor, for_update: bool) -> Select[Any]:
+    """Built once per caller (and lock mode); only the id varies, bound at execution."""
+    stmt = select(Lead).where(Lead.id == bindparam("lead_id"), lead_scope(actor))
+    return stmt.with_for_update() if for_update else stmt
+
+
 async def get_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *, for_update: bool = False) -> Lead:
     """The lead, if the actor may see it. Out of scope looks the same as missing."""
-    stmt = select(Lead).where(Lead.id == lead_id, lead_scope(actor))
-    if for_update:
-        stmt = stmt.with_for_update()
-    lead = await session.scalar(stmt)
+    lead = await session.scalar(_lead_model_by_id(actor, for_update), {"lead_id": lead_id})
     if lead is None:
         raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
     return lead
