@@ -126,6 +126,39 @@ def forecast_backtest(
         click.echo(f"{r.method:<20}{r.horizon_days:>5}{cells[0]:>9}{cells[1]:>9}{cells[2]:>8}{r.n:>4}")
 
 
+@forecast.command("snapshot")
+@click.option("--org", "org_slug", required=True, help="Organization slug.")
+@click.option("--horizons", default="30,60,90", show_default=True)
+def forecast_snapshot(org_slug: str, horizons: str) -> None:
+    """Keep today's tenant-wide forecasts (run it daily or weekly from cron)."""
+    steps = [int(h) for h in horizons.split(",") if h.strip()]
+    click.echo(asyncio.run(_snapshot(org_slug, steps)))
+
+
+async def _snapshot(org_slug: str, horizons: list[int]) -> str:
+    import uuid
+
+    from sqlalchemy import select
+
+    from canvass.db import create_engine, session_factory
+    from canvass.forecasting.reports import take_snapshot
+    from canvass.pipeline.models import Organization
+    from canvass.pipeline.scope import Actor
+    from canvass.pipeline.vocabulary import Role
+
+    engine = create_engine(get_settings().async_database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            org_id = await session.scalar(select(Organization.id).where(Organization.slug == org_slug))
+            if org_id is None:
+                raise click.UsageError(f"no organization {org_slug!r}")
+            tenant = Actor(organization_id=org_id, user_id=uuid.uuid4(), role=Role.ADMIN)
+            rows = await take_snapshot(session, tenant, horizons)
+            return f"kept {len(rows)} forecasts as of {rows[0].as_of if rows else 'today'}"
+    finally:
+        await engine.dispose()
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 

@@ -56,10 +56,11 @@ class LearnedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     calendar_pseudo_days: float = 30.0  # arrival calendar factors shrink while cells have few days
     inner_origins: int = 6  # latest monthly inner origins that set the calibration factor
     spread_origins: int = 12  # inner origins whose errors set the interval's shock
-    calibration_prior_origins: float = 2.0  # weight (in origins) of the prior error spread
+    calibration_prior_origins: float = 1.0  # weight (in origins) of the prior error spread
     bias_prior_sigma: float = 0.2  # prior spread of the model's log bias that calibration corrects
     prior_sigma: float = 0.2  # prior shared-shock spread (log), before inner errors are seen
     min_shock_sigma: float = 0.05
+    shock_reference_days: int = 30  # longer horizons get at least the shock seen on these windows
     max_season_years: int = 3  # year-over-year arrival seasonality looks back this many years
     cold_start_days: int = 91  # less than one quarter of closes on record: flagged and widened
     cold_start_extra_sigma: float = 0.25
@@ -98,10 +99,11 @@ def learned_many(
     before_close = history.amount_before(np.where(history.closed >= 0, history.closed, 0))
     states = {o: _OriginState.at(history, o, cfg, won_value, before_close) for o in {t, *inner}}
     won = history.status == WON
+    ref = cfg.shock_reference_days
     actuals = {
         (o, h): float(won_value[won & (history.closed >= o) & (history.closed < o + h)].sum())
         for o in inner
-        for h in horizons
+        for h in {*horizons, ref}
     }
 
     # The recency half-life is chosen by the inner backtest: the one with the smallest log errors.
@@ -116,27 +118,21 @@ def learned_many(
     _, half_life, curves = best
 
     cold = t - first_close < cfg.cold_start_days
+    # A shared shock does not average out over a longer window the way deal noise does: longer
+    # horizons get at least the shock seen on the reference (30-day) windows.
+    ref_shock2 = 0.0
+    if h_max >= ref:
+        rev_ref, var_ref, _ = curves[t].window(ref)
+        noise_ref = var_ref / (rev_ref * rev_ref) if rev_ref > 0 else 0.0
+        ref_shock2 = _error_model(_inner_errors(curves, inner, actuals, t, ref, cfg), noise_ref, cfg)[2]
     results = []
     for h in horizons:
         rev, var, deals = curves[t].window(h)
-        pairs = _inner_errors(curves, inner, actuals, t, h, cfg)
-        errors = np.array([e for e, _ in pairs])
-        noise = np.array([c for _, c in pairs])
-        # Error spread per origin (deal noise and shocks), from all inner origins, with a prior.
-        k0, m = cfg.calibration_prior_origins, errors.size
-        dev2 = float(np.sum((errors - errors.mean()) ** 2)) if m else 0.0
-        spread2 = (dev2 + k0 * cfg.prior_sigma**2) / (max(m - 1, 0) + k0)
-        spread2 = max(spread2, (float(noise.mean()) if m else 0.0) + cfg.min_shock_sigma**2)
-        # Calibration: the model's bias, a normal mean with prior N(0, bias_prior_sigma²) and the
-        # latest origins as evidence, so noisy tenants calibrate less than steady ones.
-        recent = errors[: cfg.inner_origins]
-        n = recent.size
-        precision = n / spread2 + 1 / cfg.bias_prior_sigma**2
-        bias_mean, bias_var = float(recent.sum()) / spread2 / precision, 1 / precision
-        factor = float(np.clip(np.exp(bias_mean), 0.5, 2.0))
-        # The simulation adds this window's deal noise itself; the shared shock gets the rest.
         now_noise = var / (rev * rev) if rev > 0 else 0.0
-        sigma2 = max(spread2 - now_noise, cfg.min_shock_sigma**2) + bias_var
+        factor, bias_var, shock2, n = _error_model(_inner_errors(curves, inner, actuals, t, h, cfg), now_noise, cfg)
+        if h > ref:
+            shock2 = max(shock2, ref_shock2)
+        sigma2 = shock2 + bias_var
         flags: list[str] = []
         notes: list[str] = [
             f"self-calibration factor {factor:.3f} from {n} inner origins; recency half-life {half_life:g} days"
@@ -186,6 +182,30 @@ def _fallback(
             " this is the weighted pipeline with a wide interval"
         ],
     )
+
+
+def _error_model(
+    pairs: list[tuple[float, float]], now_noise: float, cfg: LearnedConfig
+) -> tuple[float, float, float, int]:
+    """From inner (log error, deal-noise CV²) pairs: calibration factor, variance of the calibrated
+    bias, shared-shock variance (net of this window's deal noise), and the origins used."""
+    errors = np.array([e for e, _ in pairs])
+    noise = np.array([c for _, c in pairs])
+    # Error spread per origin (deal noise and shocks), from all inner origins, with a prior.
+    k0, m = cfg.calibration_prior_origins, errors.size
+    dev2 = float(np.sum((errors - errors.mean()) ** 2)) if m else 0.0
+    spread2 = (dev2 + k0 * cfg.prior_sigma**2) / (max(m - 1, 0) + k0)
+    spread2 = max(spread2, (float(noise.mean()) if m else 0.0) + cfg.min_shock_sigma**2)
+    # Calibration: the model's bias, a normal mean with prior N(0, bias_prior_sigma²) and the
+    # latest origins as evidence, so noisy tenants calibrate less than steady ones.
+    recent = errors[: cfg.inner_origins]
+    n = recent.size
+    precision = n / spread2 + 1 / cfg.bias_prior_sigma**2
+    bias_mean, bias_var = float(recent.sum()) / spread2 / precision, 1 / precision
+    factor = float(np.clip(np.exp(bias_mean), 0.5, 2.0))
+    # The simulation adds this window's deal noise itself; the shared shock gets the rest.
+    shock2 = max(spread2 - now_noise, cfg.min_shock_sigma**2)
+    return factor, bias_var, shock2, n
 
 
 def _inner_errors(

@@ -398,17 +398,24 @@ async def people_and_teams(session: AsyncSession, actor: Actor) -> tuple[list[Pe
     )
 
 
-async def lead_history(session: AsyncSession, organization_id: uuid.UUID) -> LeadHistory:
+async def lead_history(
+    session: AsyncSession, organization_id: uuid.UUID, scope: ColumnElement[bool] | None = None
+) -> LeadHistory:
     """The tenant's whole lead history as the arrays every forecast method reads:
     two narrow queries (leads, stage changes), no per-lead objects.
 
     Amounts come from the stage history (each change records the amount at that
     moment), so a backtest at an earlier date sees the amount known then.
+    ``scope`` narrows the leads (e.g. to what a manager sees).
     """
     leads = (
         await session.execute(
             select(Lead.id, Lead.owner_id, Lead.created_at, Lead.status, Lead.closed_at)
-            .where(Lead.organization_id == organization_id, Lead.deleted_at.is_(None))
+            .where(
+                Lead.organization_id == organization_id,
+                Lead.deleted_at.is_(None),
+                *([scope] if scope is not None else []),
+            )
             .order_by(Lead.id)
         )
     ).all()

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Sequence
 
+import msgspec
+from sqlalchemy import and_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
 from canvass.forecasting import funnel, queries, rollup
-from canvass.pipeline.scope import Actor
+from canvass.forecasting.baselines import Forecast, WeightedPipelineConfig, naive_last_h, weighted_pipeline
+from canvass.forecasting.learned import learned_many
+from canvass.ids import new_id
+from canvass.pipeline.config import PipelineConfig
+from canvass.pipeline.models import ForecastSnapshot, Team, User
+from canvass.pipeline.scope import Actor, lead_scope, visible_owner
 from canvass.pipeline.services import quotas
 from canvass.pipeline.services.organizations import pipeline_config
+from canvass.pipeline.vocabulary import Role
 
 STUCK_LIST_LIMIT = 100
 
@@ -74,3 +84,176 @@ async def forecast_rollup(
         calls={key: s.commit_amount for key, s in calls.items()},
         freshness_hours=freshness_hours,
     )
+
+
+class RevenueForecast(msgspec.Struct, kw_only=True):
+    """Won revenue (and deals) expected in [as_of, as_of + h) by every method."""
+
+    as_of: str
+    leads_in_history: int
+    forecasts: list[Forecast]
+
+
+FORECAST_METHODS = ("learned", "weighted_pipeline", "naive_last_h")
+
+
+def _weighted_config(config: PipelineConfig) -> WeightedPipelineConfig:
+    return WeightedPipelineConfig(stage_probabilities={s.value: p for s, p in config.probabilities().items()})
+
+
+async def revenue_forecast(
+    session: AsyncSession, actor: Actor, horizons: Sequence[int], *, as_of: dt.date | None = None
+) -> RevenueForecast:
+    """Every method's forecast over the leads the actor sees, from their history."""
+    as_of = as_of or utcnow().date()
+    history = await queries.lead_history(session, actor.organization_id, scope=lead_scope(actor))
+    if history.created.size == 0:
+        empty = [
+            Forecast(
+                method=m, as_of=as_of.isoformat(), horizon_days=h, revenue=0.0, p10=0.0, p50=0.0, p90=0.0,
+                won_deals=0.0, flags=["no_history"], notes=["No leads in scope yet: nothing to learn from."],
+            )
+            for m in FORECAST_METHODS
+            for h in horizons
+        ]  # fmt: skip
+        return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=0, forecasts=empty)
+    weighted = _weighted_config(await pipeline_config(session, actor.organization_id))
+    forecasts = learned_many(history, as_of, list(horizons), None, weighted)
+    forecasts += [weighted_pipeline(history, as_of, h, weighted) for h in horizons]
+    forecasts += [naive_last_h(history, as_of, h) for h in horizons]
+    return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=int(history.created.size), forecasts=forecasts)
+
+
+class SnapshotAccuracy(msgspec.Struct, kw_only=True):
+    """How a kept forecast compares with what was won once its window closed."""
+
+    snapshot_id: uuid.UUID
+    user_id: uuid.UUID | None
+    method: str
+    as_of: dt.date
+    horizon_days: int
+    forecast: float
+    p10: float | None
+    p90: float | None
+    actual: float
+    error: float  # forecast − actual
+    within_p10_p90: bool | None
+
+
+class AccuracySummary(msgspec.Struct, kw_only=True):
+    method: str
+    user_id: uuid.UUID | None
+    snapshots: int
+    wape: float | None
+    bias: float | None  # Σ(forecast − actual) / Σ actual: > 0 means optimistic
+
+
+class ForecastAccuracy(msgspec.Struct, kw_only=True):
+    summaries: list[AccuracySummary]
+    snapshots: list[SnapshotAccuracy]
+
+
+async def take_snapshot(
+    session: AsyncSession, actor: Actor, horizons: Sequence[int], *, as_of: dt.date | None = None
+) -> list[ForecastSnapshot]:
+    """Keep the forecasts made as of a day (today by default) for the actor's
+    scope, to be scored when their windows close."""
+    result = await revenue_forecast(session, actor, horizons, as_of=as_of)
+    user_id = None if actor.is_admin else actor.user_id
+    rows = [
+        ForecastSnapshot(
+            organization_id=actor.organization_id,
+            id=new_id(),
+            taken_at=utcnow(),
+            as_of=dt.date.fromisoformat(f.as_of),
+            horizon_days=f.horizon_days,
+            method=f.method,
+            user_id=user_id,
+            revenue=f.revenue,
+            revenue_p10=f.p10,
+            revenue_p50=f.p50,
+            revenue_p90=f.p90,
+            deals=f.won_deals,
+            details={"flags": f.flags, "notes": f.notes},
+        )
+        for f in result.forecasts
+    ]
+    session.add_all(rows)
+    await session.flush()
+    return rows
+
+
+async def forecast_accuracy(session: AsyncSession, actor: Actor, *, today: dt.date | None = None) -> ForecastAccuracy:
+    """Score every kept forecast whose window has closed against what was won in
+    the scope it was made for (the person's own, or the tenant's)."""
+    today = today or utcnow().date()
+    snapshots = (
+        await session.scalars(
+            select(ForecastSnapshot)
+            .where(
+                ForecastSnapshot.organization_id == actor.organization_id,
+                visible_owner(actor, ForecastSnapshot.user_id) if not actor.is_admin else true(),
+            )
+            .order_by(ForecastSnapshot.as_of, ForecastSnapshot.id)
+        )
+    ).all()
+    scored: list[SnapshotAccuracy] = []
+    actors: dict[uuid.UUID | None, Actor] = {}
+    for snap in snapshots:
+        end = snap.as_of + dt.timedelta(days=snap.horizon_days)
+        if end > today:
+            continue
+        if snap.user_id not in actors:
+            actors[snap.user_id] = await _actor_for(session, actor, snap.user_id)
+        window = queries.Period(
+            dt.datetime.combine(snap.as_of, dt.time(), dt.UTC), dt.datetime.combine(end, dt.time(), dt.UTC)
+        )
+        won = await queries.won_by_owner(session, actors[snap.user_id], window)
+        actual = float(sum(amount for _, amount in won.values()))
+        low, high = snap.revenue_p10, snap.revenue_p90
+        scored.append(
+            SnapshotAccuracy(
+                snapshot_id=snap.id,
+                user_id=snap.user_id,
+                method=snap.method,
+                as_of=snap.as_of,
+                horizon_days=snap.horizon_days,
+                forecast=snap.revenue,
+                p10=low,
+                p90=high,
+                actual=actual,
+                error=snap.revenue - actual,
+                within_p10_p90=(low <= actual <= high) if low is not None and high is not None else None,
+            )
+        )
+    groups: dict[tuple[str, uuid.UUID | None], list[SnapshotAccuracy]] = {}
+    for s in scored:
+        groups.setdefault((s.method, s.user_id), []).append(s)
+    summaries = []
+    for (method, user_id), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        total = sum(r.actual for r in rows)
+        summaries.append(
+            AccuracySummary(
+                method=method,
+                user_id=user_id,
+                snapshots=len(rows),
+                wape=sum(abs(r.error) for r in rows) / total if total else None,
+                bias=sum(r.error for r in rows) / total if total else None,
+            )
+        )
+    return ForecastAccuracy(summaries=summaries, snapshots=scored)
+
+
+async def _actor_for(session: AsyncSession, caller: Actor, user_id: uuid.UUID | None) -> Actor:
+    """The scope a snapshot was taken for: a person's, or the whole tenant's."""
+    if user_id is None:
+        return Actor(organization_id=caller.organization_id, user_id=caller.user_id, role=Role.ADMIN)
+    row = (
+        await session.execute(
+            select(User.role, Team.path)
+            .outerjoin(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
+            .where(User.organization_id == caller.organization_id, User.id == user_id)
+        )
+    ).first()
+    role, path = (Role(row[0]), row[1]) if row else (Role.REP, None)
+    return Actor(organization_id=caller.organization_id, user_id=user_id, role=role, team_path=path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from typing import Any
 
 import msgspec
 from sqlalchemy import ColumnElement, and_, exists, or_, select, true
@@ -38,7 +39,7 @@ class Actor(msgspec.Struct, frozen=True, kw_only=True):
         return self.role is Role.MANAGER
 
 
-def visible_owner(actor: Actor, owner_column: InstrumentedAttribute[uuid.UUID]) -> ColumnElement[bool]:
+def visible_owner(actor: Actor, owner_column: InstrumentedAttribute[Any]) -> ColumnElement[bool]:
     """Records owned by someone the actor may see."""
     if actor.role is Role.ADMIN:
         return true()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Annotated, Literal
 
+import msgspec
 from litestar import Controller, Response, get, post, put
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_201_CREATED
@@ -12,7 +14,14 @@ from litestar.status_codes import HTTP_201_CREATED
 from canvass.api.deps import CurrentActor, Db, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
 from canvass.forecasting.queries import Period
-from canvass.forecasting.reports import forecast_rollup
+from canvass.forecasting.reports import (
+    ForecastAccuracy,
+    RevenueForecast,
+    forecast_accuracy,
+    forecast_rollup,
+    revenue_forecast,
+    take_snapshot,
+)
 from canvass.forecasting.rollup import ForecastRollup
 from canvass.pipeline.services import quotas as service
 from canvass.pipeline.services.quotas import QuotaOut, QuotaSet, SubmissionCreate, SubmissionOut
@@ -31,6 +40,31 @@ def calendar_period(kind: str, offset: int, today: dt.date | None = None) -> Per
 
 
 PeriodStart = Annotated[dt.date | None, Parameter(required=False)]
+
+
+Horizons = Annotated[
+    list[Annotated[int, msgspec.Meta(ge=1, le=366)]],
+    Parameter(max_items=6, description="Forecast windows in days, e.g. horizons=30&horizons=90."),
+]
+
+
+class SnapshotRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    horizons: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=366)]], msgspec.Meta(min_length=1, max_length=6)] = (
+        msgspec.field(default_factory=lambda: [30, 60, 90])
+    )
+
+
+class SnapshotOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    as_of: dt.date
+    horizon_days: int
+    method: str
+    user_id: uuid.UUID | None
+    revenue: float
+    revenue_p10: float | None
+    revenue_p50: float | None
+    revenue_p90: float | None
+    deals: float | None
 
 
 class ForecastController(Controller):
@@ -52,6 +86,31 @@ class ForecastController(Controller):
         this (offset 0) or a following month or quarter; with a statement of how
         fresh the open pipeline is."""
         return await forecast_rollup(db, actor, calendar_period(period, offset), freshness_hours=freshness_hours)
+
+    @get("/forecasts/revenue", operation_id="getRevenueForecast", responses=PROBLEM_RESPONSES)
+    async def revenue(self, db: Db, actor: CurrentActor, horizons: Horizons | None = None) -> RevenueForecast:
+        """Won revenue and deals expected in the next h days over the leads you
+        see, by every method: the model learned from your own history (P10/P50/P90
+        from simulation, flagged and widened on a cold start), the weighted
+        pipeline, and the last h days repeated."""
+        return await revenue_forecast(db, actor, horizons or [30, 60, 90])
+
+    @post(
+        "/forecast-snapshots",
+        operation_id="takeForecastSnapshot",
+        responses=PROBLEM_RESPONSES,
+        status_code=HTTP_201_CREATED,
+    )
+    async def snapshot(self, db: Db, actor: CurrentActor, data: JSONBody[SnapshotRequest]) -> list[SnapshotOut]:
+        """Keep today's forecasts for your scope, so their accuracy can be measured
+        once the windows close (`canvass forecast snapshot` does this on a schedule)."""
+        return [to_out(SnapshotOut, s) for s in await take_snapshot(db, actor, data.horizons)]
+
+    @get("/forecast-snapshots/accuracy", operation_id="getForecastAccuracy", responses=PROBLEM_RESPONSES)
+    async def accuracy(self, db: Db, actor: CurrentActor) -> ForecastAccuracy:
+        """Every kept forecast whose window has closed, against what was won; WAPE
+        and bias per method and per person (bias > 0: optimistic)."""
+        return await forecast_accuracy(db, actor)
 
     @get("/quotas", operation_id="listQuotas", responses=PROBLEM_RESPONSES)
     async def list_quotas(
