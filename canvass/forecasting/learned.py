@@ -44,6 +44,8 @@ AGE_CAP = int(AGE_EDGES[-1])  # beyond this age the hazard no longer changes wit
 N_STAGE = len(STAGES)
 N_CAL = 12  # month of quarter (3) × part of month (4)
 _AGE_BUCKET = np.searchsorted(AGE_EDGES, np.arange(AGE_CAP + 1), side="right") - 1
+_EDGES32 = AGE_EDGES.astype(np.int32)
+_UPPER32 = np.append(AGE_EDGES[1:] - 1, 2**30).astype(np.int32)  # last day of each age bucket (last: none)
 
 
 class LearnedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -92,12 +94,12 @@ def learned_many(
     if n_closes < cfg.min_closes or t - first_close < cfg.min_close_days:
         return [_fallback(history, t, h, n_closes, cfg, weighted_config) for h in horizons]
 
-    table = _ExposureTable.build(history, t)
     h_max = max(horizons)
+    table = _ExposureTable.build(history, t, h_max)
     inner = _inner_origins(t, table, h_max, cfg)
     won_value = history.won_value()
     before_close = history.amount_before(np.where(history.closed >= 0, history.closed, 0))
-    states = {o: _OriginState.at(history, o, cfg, won_value, before_close) for o in {t, *inner}}
+    states = {o: _OriginState.at(history, table, o, cfg, won_value, before_close) for o in {t, *inner}}
     won = history.status == WON
     ref = cfg.shock_reference_days
     actuals = {
@@ -298,17 +300,20 @@ class _ExposureTable:
     at_risk: np.ndarray  # (N_STAGE, N_AGE, days)
     wins: np.ndarray
     losses: np.ndarray
-    at_risk_value: np.ndarray  # the same, each lead weighted by its amount
-    wins_value: np.ndarray
-    losses_value: np.ndarray
+    at_risk_value: np.ndarray  # (N_AGE, days) each lead weighted by its amount, any stage
+    wins_value: np.ndarray  # (N_AGE, days)
     arrivals: np.ndarray  # (days,)
+    entry_amount: np.ndarray  # (days,) sum of entry amounts of the leads created that day
+    entry_amount_sq: np.ndarray
+    entry_count: np.ndarray
     calendar: np.ndarray  # (days + horizon room,) calendar cell of day d0 + i
 
     @classmethod
-    def build(cls, history: LeadHistory, t: int) -> _ExposureTable:
+    def build(cls, history: LeadHistory, t: int, horizon: int) -> _ExposureTable:
         exists = history.created < t
         d0 = int(history.created[exists].min())
         n_days = t - d0
+        width = n_days + 1
         closed = history.closed_before(t)
         exit_day = np.where(closed, history.closed, t - 1)
         limit = np.where(closed, history.closed, t)
@@ -319,53 +324,93 @@ class _ExposureTable:
         first[1:] = lead[1:] != lead[:-1]
         keep = exists[lead] & ((history.stage_day < limit[lead]) | first)
         seg_lead = lead[keep]
-        seg_start = history.stage_day[keep]
-        seg_stage = history.stage_to[keep].astype(np.int64)
-        seg_end = exit_day[seg_lead].copy()
+        seg_start = (history.stage_day[keep] - d0).astype(np.int32)
+        seg_stage = history.stage_to[keep].astype(np.int32)
+        seg_end = (exit_day - d0).astype(np.int32)[seg_lead]
         same = seg_lead[1:] == seg_lead[:-1]
         seg_end[:-1][same] = seg_start[1:][same] - 1
-        seg_created = history.created[seg_lead]
+        ok = seg_start <= seg_end
+        seg_created = (history.created - d0).astype(np.int32)[seg_lead[ok]]
+        at_risk = _interval_counts(seg_created, seg_start[ok], seg_end[ok], seg_stage[ok], N_STAGE, width, None)
 
-        # Each lead also weighs in with its amount (the latest before t or before its close): the
-        # value-weighted hazards carry any link between deal size and winning into the revenue forecast.
+        # Each lead also weighs in with its amount (the latest before t or before its close), by age
+        # only: the size ratio carries any link between deal size and winning into the revenue forecast.
         value = history.amount_before(limit)
-        seg_value = value[seg_lead]
-        width = n_days + 1
-        diff = np.zeros(N_STAGE * N_AGE * width, np.float64)
-        diff_v = np.zeros(N_STAGE * N_AGE * width, np.float64)
-        for b in range(N_AGE):
-            lo = seg_created + AGE_EDGES[b]
-            a_start = np.maximum(seg_start, lo)
-            a_end = seg_end if b == N_AGE - 1 else np.minimum(seg_end, seg_created + AGE_EDGES[b + 1] - 1)
-            ok = a_start <= a_end
-            base = (seg_stage[ok] * N_AGE + b) * width
-            diff += np.bincount(base + (a_start[ok] - d0), minlength=diff.size)
-            diff -= np.bincount(base + (a_end[ok] + 1 - d0), minlength=diff.size)
-            v = seg_value[ok]
-            diff_v += np.bincount(base + (a_start[ok] - d0), weights=v, minlength=diff.size)
-            diff_v -= np.bincount(base + (a_end[ok] + 1 - d0), weights=v, minlength=diff.size)
-        at_risk = np.cumsum(diff.reshape(N_STAGE, N_AGE, width), axis=2)[:, :, :n_days]
-        at_risk_value = np.cumsum(diff_v.reshape(N_STAGE, N_AGE, width), axis=2)[:, :, :n_days]
+        ex = np.flatnonzero(exists)
+        created_rel = (history.created[ex] - d0).astype(np.int32)
+        at_risk_value = _interval_counts(
+            created_rel, created_rel, (exit_day[ex] - d0).astype(np.int32), None, 1, width, value[ex]
+        )[0]
 
         c_idx = np.flatnonzero(closed)
         c_day = history.closed[c_idx]
         c_stage = history.stage_before(np.where(closed, history.closed, t))[c_idx]
-        c_age = np.minimum(c_day - history.created[c_idx], AGE_CAP)
-        key = (c_stage * N_AGE + _AGE_BUCKET[c_age]) * n_days + (c_day - d0)
+        c_bucket = _AGE_BUCKET[np.minimum(c_day - history.created[c_idx], AGE_CAP)]
+        key = (c_stage * N_AGE + c_bucket) * n_days + (c_day - d0)
         won = history.status[c_idx] == WON
-        size = N_STAGE * N_AGE * n_days
-        wins = np.bincount(key[won], minlength=size).reshape(N_STAGE, N_AGE, n_days).astype(np.float64)
-        losses = np.bincount(key[~won], minlength=size).reshape(N_STAGE, N_AGE, n_days).astype(np.float64)
-        c_value = value[c_idx]
         shape = (N_STAGE, N_AGE, n_days)
-        wins_value = np.bincount(key[won], weights=c_value[won], minlength=size).reshape(shape)
-        losses_value = np.bincount(key[~won], weights=c_value[~won], minlength=size).reshape(shape)
+        size = N_STAGE * N_AGE * n_days
+        wins = np.bincount(key[won], minlength=size).reshape(shape).astype(np.float64)
+        losses = np.bincount(key[~won], minlength=size).reshape(shape).astype(np.float64)
+        v_key = c_bucket[won] * n_days + (c_day[won] - d0)
+        wins_value = np.bincount(v_key, weights=value[c_idx][won], minlength=N_AGE * n_days).reshape(N_AGE, n_days)
         arrivals = np.bincount(history.created[exists] - d0, minlength=n_days).astype(np.float64)
-        calendar = calendar_cell(np.arange(d0, t + 400))
+        # The amount a lead enters with (its first record, if on record before t), summed by creation day.
+        has = np.flatnonzero(exists & (np.bincount(history.amount_lead, minlength=history.n_leads) > 0))
+        first_rec = history.amount_start[has]
+        known = history.amount_day[first_rec] < t
+        has, first_rec = has[known], first_rec[known]
+        entry = history.amount[first_rec]
+        entry_day = history.created[has] - d0
+        entry_sum = np.bincount(entry_day, weights=entry, minlength=n_days)
+        entry_sq = np.bincount(entry_day, weights=entry * entry, minlength=n_days)
+        entry_n = np.bincount(entry_day, minlength=n_days).astype(np.float64)
+        calendar = calendar_cell(np.arange(d0, t + horizon + 1))
         first_close = int(c_day.min())
         return cls(
-            d0, t, first_close, at_risk, wins, losses, at_risk_value, wins_value, losses_value, arrivals, calendar
+            d0,
+            t,
+            first_close,
+            at_risk,
+            wins,
+            losses,
+            at_risk_value,
+            wins_value,
+            arrivals,
+            entry_sum,
+            entry_sq,
+            entry_n,
+            calendar,
         )
+
+
+def _interval_counts(
+    created: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    stratum: np.ndarray | None,
+    n_strata: int,
+    width: int,
+    weight: np.ndarray | None,
+) -> np.ndarray:
+    """(stratum, age bucket, day) count of intervals [start, end] covering each day (days relative
+    to the table start), each interval split at the age-bucket edges it crosses: one bincount pass."""
+    first_b = _AGE_BUCKET[np.minimum(start - created, AGE_CAP)].astype(np.int32)
+    last_b = _AGE_BUCKET[np.minimum(end - created, AGE_CAP)].astype(np.int32)
+    pieces = last_b - first_b + 1
+    row = np.repeat(np.arange(start.size, dtype=np.int32), pieces)
+    offset = np.arange(row.size, dtype=np.int32) - np.repeat((np.cumsum(pieces) - pieces).astype(np.int32), pieces)
+    b = first_b[row] + offset
+    p_created = created[row]
+    p_start = np.maximum(start[row], p_created + _EDGES32[b])
+    p_end = np.minimum(end[row], p_created + _UPPER32[b])
+    base = b * width if stratum is None else (stratum[row] * N_AGE + b) * width
+    size = n_strata * N_AGE * width
+    w = None if weight is None else weight[row]
+    diff = np.bincount(base + p_start, weights=w, minlength=size) - np.bincount(
+        base + p_end + 1, weights=w, minlength=size
+    )
+    return np.cumsum(diff.reshape(n_strata, N_AGE, width), axis=2)[:, :, : width - 1].astype(np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,9 +471,9 @@ def _fit(table: _ExposureTable, origin: int, half_life: float, cfg: LearnedConfi
     # Deal size and winning: per age bucket, the mean amount of wins over the mean amount at risk
     # (long memory, shrunk toward 1 with pseudo-wins of average size). Scales win hazards for revenue.
     won_n = (table.wins[:, :, lo:hi] * w_cal).sum(axis=(0, 2))
-    won_v = (table.wins_value[:, :, lo:hi] * w_cal).sum(axis=(0, 2))
+    won_v = (table.wins_value[:, lo:hi] * w_cal).sum(axis=1)
     risk_n = (x * w_cal).sum(axis=(0, 2))
-    risk_v = (table.at_risk_value[:, :, lo:hi] * w_cal).sum(axis=(0, 2))
+    risk_v = (table.at_risk_value[:, lo:hi] * w_cal).sum(axis=1)
     mean_risk = np.where(risk_n > 0, risk_v / np.maximum(risk_n, 1e-12), 0.0)
     size_ratio = np.where(mean_risk > 0, (won_v + k * mean_risk) / np.maximum((won_n + k) * mean_risk, 1e-12), 1.0)
     size_ratio = np.clip(size_ratio, 0.5, 2.0)
@@ -506,12 +551,17 @@ class _OriginState:
 
     @classmethod
     def at(
-        cls, history: LeadHistory, origin: int, cfg: LearnedConfig, final: np.ndarray, before_close: np.ndarray
+        cls,
+        history: LeadHistory,
+        table: _ExposureTable,
+        origin: int,
+        cfg: LearnedConfig,
+        final: np.ndarray,
+        before_close: np.ndarray,
     ) -> _OriginState:
         idx = np.flatnonzero(history.open_at(origin))
-        known_amount = history.amount_before(origin)
-        amount = known_amount[idx]
-        stage = history.stage_before(origin)[idx]
+        amount = history.amount_of(idx, origin)
+        stage = history.stage_of(idx, origin)
         age = np.minimum(origin - history.created[idx], AGE_CAP)
         key = stage * (AGE_CAP + 1) + age
         n_groups = N_STAGE * (AGE_CAP + 1)
@@ -522,9 +572,9 @@ class _OriginState:
 
         # A new lead's amount and the won/expected ratio: recent history, the ratio shrunk toward 1.
         hl = cfg.amount_half_life_days
-        created_age = np.maximum(origin - 1 - history.created, 0).astype(np.float64)
-        w = np.where(history.created < origin, 0.5 ** (created_age / hl), 0.0)
-        wsum = max(float(w.sum()), 1e-12)
+        hi = origin - table.d0
+        w = 0.5 ** ((hi - 1 - np.arange(hi)) / hl)
+        wsum = max(float(w @ table.entry_count[:hi]), 1e-12)
         won_before = (history.status == WON) & history.closed_before(origin)
         use = won_before & (before_close > 0)
         ww = 0.5 ** ((origin - 1 - history.closed[use]) / hl)
@@ -536,8 +586,8 @@ class _OriginState:
             count=count_g[groups].astype(np.float64),
             amount=amount_g[groups],
             amount_sq=amount_sq_g[groups],
-            new_amount=float((w * known_amount).sum() / wsum),
-            new_second_moment=float((w * known_amount**2).sum() / wsum),
+            new_amount=float(w @ table.entry_amount[:hi]) / wsum,
+            new_second_moment=float(w @ table.entry_amount_sq[:hi]) / wsum,
             won_ratio=won_ratio,
         )
 
