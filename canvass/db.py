@@ -77,6 +77,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own implicit BEGIN is a deferred one; we issue ours instead.
+    dbapi_connection.isolation_level = None
+
+
+def _begin_immediate(connection: Any) -> None:
+    # Take the write lock when the transaction starts. A deferred transaction that
+    # reads first and then writes can find another writer ahead of it, and SQLite
+    # must then refuse it at once ("database is locked") rather than wait: with
+    # BEGIN IMMEDIATE writers queue on busy_timeout instead, and nobody fails.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def create_engine(async_url: str, *, pool_size: int = 10, autocommit: bool = False) -> AsyncEngine:
     if async_url.startswith("sqlite"):
         in_memory = async_url.rstrip("/").endswith("aiosqlite:") or ":memory:" in async_url
@@ -85,6 +98,9 @@ def create_engine(async_url: str, *, pool_size: int = 10, autocommit: bool = Fal
         pooling = {} if in_memory else {"pool_size": pool_size, "max_overflow": 10}
         engine = create_async_engine(async_url, **pooling, **_isolation(autocommit))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        if not autocommit:
+            event.listen(engine.sync_engine, "connect", _no_driver_transactions)
+            event.listen(engine.sync_engine, "begin", _begin_immediate)
         return engine
     if async_url.endswith("?pool=null"):
         return create_async_engine(async_url.removesuffix("?pool=null"), poolclass=NullPool, **_isolation(autocommit))
