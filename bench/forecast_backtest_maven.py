@@ -1,6 +1,8 @@
 """Backtest the forecast methods on the Maven CRM sample, straight from its CSV files.
 
     /tmp/venv/bin/python bench/forecast_backtest_maven.py [DATA_DIR] [--from 2017-04-01] [--to 2018-01-01] [--json]
+    /tmp/venv/bin/python bench/forecast_backtest_maven.py --synthetic   # learned vs naive on synthetic tenants
+    /tmp/venv/bin/python bench/forecast_backtest_maven.py --perf        # time a forecast on a 1M-lead tenant
 
 DATA_DIR defaults to ../shared/data/maven-crm relative to the repository. The mapping
 is the demo importer's (canvass/pipeline/demo.py): an opportunity enters the pipeline
@@ -86,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizons", default="30,60,90")
     parser.add_argument("--since", default="2017-06-01", help="also score origins on or after this day")
     parser.add_argument("--json", action="store_true", help="print the backtest JSON contract instead of tables")
+    parser.add_argument("--synthetic", action="store_true", help="compare learned and naive on synthetic tenants")
+    parser.add_argument("--perf", action="store_true", help="time the learned forecast on a 1M-lead synthetic tenant")
     args = parser.parse_args(argv)
+    if args.synthetic:
+        return synthetic_comparison()
+    if args.perf:
+        return performance()
     history = load_maven(Path(args.data_dir))
     horizons = [int(h) for h in args.horizons.split(",")]
     report = run_backtest(history, horizons, args.from_date, args.to_date)
@@ -117,6 +125,67 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {o.horizon_days} | {o.as_of} | {o.actual:,.0f} | {o.forecast:,.0f} | {o.p10:,.0f} | {o.p50:,.0f} | {o.p90:,.0f} | {','.join(o.flags)} |"
             )
+    return 0
+
+
+def synthetic_comparison(seeds: tuple[int, ...] = (1, 2, 3)) -> int:
+    """Each synthetic profile and seed: three years of history, as-of dates monthly from the second year."""
+    from canvass.forecasting.history import as_date
+    from canvass.forecasting.synthetic import PROFILES, synthetic_tenant
+
+    print(
+        "| tenant | seed | leads | learned WAPE 30/60/90 | naive WAPE 30/60/90 | learned bias 30/60/90 | learned coverage | learned sharpness | naive coverage |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, profile in PROFILES.items():
+        for seed in seeds:
+            history = synthetic_tenant(profile, seed=seed)
+            start = int(history.created.min())
+            report = run_backtest(
+                history, (30, 60, 90), as_date(start + 365), as_date(start + profile.days), ("learned", "naive_last_h")
+            )
+            cells = []
+            for m in ("learned", "naive_last_h"):
+                cells.append("/".join(f"{100 * (score(report.origins, m, h).wape or 0):.0f}" for h in (30, 60, 90)))
+            bias = "/".join(f"{100 * (score(report.origins, 'learned', h).bias or 0):+.0f}" for h in (30, 60, 90))
+            cover = {}
+            for m in ("learned", "naive_last_h"):
+                rows = [o for o in report.origins if o.method == m]
+                cover[m] = (
+                    np.mean([o.p10 <= o.actual <= o.p90 for o in rows]),
+                    np.median([(o.p90 - o.p10) / o.p50 for o in rows if o.p50 > 0]),
+                )
+            print(
+                f"| {name} | {seed} | {history.n_leads:,} | {cells[0]} | {cells[1]} | {bias} | "
+                f"{100 * cover['learned'][0]:.0f}% | {cover['learned'][1]:.2f} | {100 * cover['naive_last_h'][0]:.0f}% |"
+            )
+    return 0
+
+
+def performance() -> int:
+    """Build a ~1M-lead tenant and time the learned forecast (three horizons from one fit)."""
+    import time
+
+    import msgspec
+
+    from canvass.forecasting.history import as_date
+    from canvass.forecasting.learned import learned_many
+    from canvass.forecasting.synthetic import TenantProfile, leads_per_day_for, synthetic_tenant
+
+    base = TenantProfile(days=4 * 365, revisits_per_lead=0.6)
+    profile = msgspec.structs.replace(base, leads_per_day=leads_per_day_for(1_000_000, base))
+    t0 = time.perf_counter()
+    history = synthetic_tenant(profile, seed=1)
+    t1 = time.perf_counter()
+    print(f"synthetic tenant: {history.n_leads:,} leads, {history.stage_lead.size:,} stage changes in {t1 - t0:.2f} s")
+    as_of = as_date(int(history.created.max()) - 60)
+    for horizons in ([30], [30, 60, 90]):
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            learned_many(history, as_of, horizons)
+            times.append(time.perf_counter() - t0)
+        print(f"learned forecast {horizons}: best {min(times):.2f} s, worst {max(times):.2f} s of 3")
     return 0
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -87,6 +87,8 @@ def learned_many(
 ) -> list[Forecast]:
     """Forecasts for several horizons from one fit: won revenue with close day in [as_of, as_of + h)."""
     cfg = config or LearnedConfig()
+    if not horizons or min(horizons) < 1:
+        raise ValueError("horizons are whole days, at least 1")
     t = day_number(as_of)
     closed = history.closed_before(t)
     n_closes = int(closed.sum())
@@ -99,7 +101,7 @@ def learned_many(
     inner = _inner_origins(t, table, h_max, cfg)
     won_value = history.won_value()
     before_close = history.amount_before(np.where(history.closed >= 0, history.closed, 0))
-    states = {o: _OriginState.at(history, table, o, cfg, won_value, before_close) for o in {t, *inner}}
+    states = {o: _OriginState.at(history, table, o, h_max, cfg, won_value, before_close) for o in {t, *inner}}
     won = history.status == WON
     ref = cfg.shock_reference_days
     actuals = {
@@ -426,12 +428,6 @@ class _Rates:
     arrival_season: np.ndarray  # (h,) year-over-year multiplier per future day
     size_ratio: np.ndarray  # (N_AGE,) mean won amount / mean amount at risk
 
-    def for_revenue(self) -> _Rates:
-        """The same hazards with wins weighted by deal size: what revenue (not deal count) follows."""
-        return replace(
-            self, win_base=self.win_base * self.size_ratio[None, :], win_marginal=self.win_marginal * self.size_ratio
-        )
-
 
 def _fit(table: _ExposureTable, origin: int, half_life: float, cfg: LearnedConfig, h: int) -> _Rates:
     """Rates from days [first close, origin) only: the table's later days are ignored."""
@@ -506,6 +502,8 @@ def _arrival_season(
     logs = []
     for year in range(1, cfg.max_season_years + 1):
         shift = round(365.25 * year)
+        if h > shift:  # last year's window would reach past the origin
+            break
         ref = np.arange(hi) - shift
         ok = ref >= 0
         if w_level[ok].sum() < 0.8 * w_level.sum():
@@ -540,8 +538,8 @@ class _OriginState:
     """What was knowable at an origin, reduced to what the hazards need: open deals grouped by
     (stage, age capped), plus the amount of a typical new lead and the won/expected amount ratio."""
 
-    g_stage: np.ndarray
-    g_age: np.ndarray
+    open_cell: np.ndarray  # (groups, h) flat (stage, age bucket, calendar cell) of each group on each day
+    new_cell: np.ndarray  # (h, h) flat (age bucket, calendar cell) of a lead created on day i, on day j; -1 before
     count: np.ndarray
     amount: np.ndarray
     amount_sq: np.ndarray
@@ -555,6 +553,7 @@ class _OriginState:
         history: LeadHistory,
         table: _ExposureTable,
         origin: int,
+        h: int,
         cfg: LearnedConfig,
         final: np.ndarray,
         before_close: np.ndarray,
@@ -580,9 +579,16 @@ class _OriginState:
         ww = 0.5 ** ((origin - 1 - history.closed[use]) / hl)
         pseudo = cfg.pseudo_events * max(float(np.mean(before_close[use])) if use.any() else 1.0, 1e-9)
         won_ratio = float(((ww * final[use]).sum() + pseudo) / ((ww * before_close[use]).sum() + pseudo))
+        cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
+        steps = np.arange(h)
+        g_stage, g_age = groups // (AGE_CAP + 1), groups % (AGE_CAP + 1)
+        bucket = _AGE_BUCKET[np.minimum(g_age[:, None] + steps[None, :], AGE_CAP)]
+        open_cell = (g_stage[:, None] * N_AGE + bucket) * N_CAL + cal[None, :]
+        lag = steps[None, :] - steps[:, None]
+        new_cell = np.where(lag >= 0, _AGE_BUCKET[np.clip(lag, 0, AGE_CAP)] * N_CAL + cal[None, :], -1)
         return cls(
-            g_stage=groups // (AGE_CAP + 1),
-            g_age=groups % (AGE_CAP + 1),
+            open_cell=open_cell,
+            new_cell=new_cell,
             count=count_g[groups].astype(np.float64),
             amount=amount_g[groups],
             amount_sq=amount_sq_g[groups],
@@ -592,28 +598,26 @@ class _OriginState:
         )
 
 
-def _win_paths(state: _OriginState, rates: _Rates, cal: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Daily win probabilities: per open group, and per lead created on each day of the window."""
-    bucket = _AGE_BUCKET[np.minimum(state.g_age[:, None] + steps[None, :], AGE_CAP)]
-    win = rates.win_base[state.g_stage[:, None], bucket] * rates.win_calendar[bucket, cal[None, :]]
-    loss = rates.loss_base[state.g_stage[:, None], bucket] * rates.loss_calendar[bucket, cal[None, :]]
-    # Leads created on day i of the window follow the any-stage hazards from age 0.
-    lag = steps[None, :] - steps[:, None]  # (created day, close day)
-    valid = lag >= 0
-    nb = _AGE_BUCKET[np.clip(lag, 0, AGE_CAP)]
-    new_win = np.where(valid, rates.win_marginal[nb] * rates.win_calendar[nb, cal[None, :]], 0.0)
-    new_loss = np.where(valid, rates.loss_marginal[nb] * rates.loss_calendar[nb, cal[None, :]], 0.0)
-    return _paths(win, loss), _paths(new_win, new_loss)
+def _win_paths(state: _OriginState, rates: _Rates, size_weighted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Daily win probabilities: per open group, and per lead created on each day of the window.
+    One gather per hazard from a (stage, age bucket, calendar cell) table; indices are the state's."""
+    size = rates.size_ratio if size_weighted else np.ones(N_AGE)
+    win = (rates.win_base * size[None, :])[:, :, None] * rates.win_calendar[None, :, :]
+    loss = rates.loss_base[:, :, None] * rates.loss_calendar[None, :, :]
+    open_path = _paths(win.ravel()[state.open_cell], loss.ravel()[state.open_cell])
+    # Leads created on day i of the window follow the any-stage hazards from age 0 (cell -1: not yet created).
+    new_win = np.append(((rates.win_marginal * size)[:, None] * rates.win_calendar).ravel(), 0.0)
+    new_loss = np.append((rates.loss_marginal[:, None] * rates.loss_calendar).ravel(), 0.0)
+    return open_path, _paths(new_win[state.new_cell], new_loss[state.new_cell])
 
 
 def _curve(table: _ExposureTable, state: _OriginState, origin: int, h: int, rates: _Rates) -> _Curve:
     """Uncalibrated daily forecast from ``origin``: open deals plus leads not yet created.
     Deals use the count hazards; revenue the size-weighted ones."""
     cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
-    steps = np.arange(h)
     arrivals = rates.arrival_rate * rates.arrival_calendar[cal] * rates.arrival_season
-    open_path, new_path = _win_paths(state, rates, cal, steps)
-    open_value_path, new_value_path = _win_paths(state, rates.for_revenue(), cal, steps)
+    open_path, new_path = _win_paths(state, rates, size_weighted=False)
+    open_value_path, new_value_path = _win_paths(state, rates, size_weighted=True)
     new_expected_wins = arrivals @ new_path
     revenue = state.won_ratio * (state.amount @ open_value_path + state.new_amount * (arrivals @ new_value_path))
     return _Curve(

@@ -35,6 +35,7 @@ class TenantProfile(msgspec.Struct, kw_only=True, frozen=True):
     amount_sigma: float = 0.9
     amount_drift: float = 0.05
     n_owners: int = 50
+    revisits_per_lead: float = 0.0  # Poisson mean of step-back-and-return pairs of extra stage changes
 
 
 PROFILES: dict[str, TenantProfile] = {
@@ -109,8 +110,20 @@ def synthetic_tenant(profile: TenantProfile | None = None, seed: int = 0) -> Lea
     frac = np.where(pos == 0, 0.0, (pos + 0.8 * rng.random(lead.size)) / (k[lead] + 1))
     s_day = created[lead] + np.floor(frac * span).astype(np.int64)
     s_day = np.where(pos >= close_stage, np.where(decided[lead], close[lead], s_day), s_day)
-    seen = s_day < end
-    lead, s_day, s_to = lead[seen], s_day[seen], pos[seen].astype(np.int8)
+    s_to = pos.copy()
+    if p.revisits_per_lead > 0:
+        # A lead steps back one stage and returns the next day, after one of its earlier changes.
+        visits = rng.poisson(p.revisits_per_lead, n)
+        v_lead = np.repeat(np.arange(n), visits)
+        base = start[v_lead] + np.floor(rng.random(v_lead.size) * np.maximum(k[v_lead] - 2, 1)).astype(np.int64)
+        back_day, back_stage = s_day[base], np.maximum(pos[base] - 1, 0)
+        lead = np.concatenate([lead, v_lead, v_lead])
+        s_day = np.concatenate([s_day, back_day, back_day + 1])
+        s_to = np.concatenate([s_to, back_stage, pos[base]])
+        returns_late = decided[lead] & (s_day >= close[lead]) & (s_to < close_stage)
+        s_day = np.where(returns_late, close[lead] - 1, s_day)
+    seen = (s_day < end) & (s_day >= created[lead])
+    lead, s_day, s_to = lead[seen], s_day[seen], s_to[seen].astype(np.int8)
 
     # Amounts: the estimate at creation, a re-estimate for half the leads, the signed value for wins.
     revise = rng.random(n) < 0.5
