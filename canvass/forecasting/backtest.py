@@ -13,6 +13,7 @@ revenue with close day in [T, T + h). Scores, per method and horizon:
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -93,14 +94,12 @@ def sharpness(p10: Sequence[float], p50: Sequence[float], p90: Sequence[float]) 
 
 def month_starts(start: int, end: int) -> list[int]:
     """Days that are the first of a month, from ``start`` (rounded up to a first) through ``end``."""
-    first = np.datetime64(as_date(start), "M")
-    if np.datetime64(first, "D") < np.datetime64(as_date(start), "D"):
-        first += 1
+    d = as_date(start)
+    y, m = (d.year, d.month - 1) if d.day == 1 else divmod(d.year * 12 + d.month, 12)
     out = []
-    m = first
-    while (d := int(np.datetime64(m, "D").astype(np.int64))) <= end:
-        out.append(d)
-        m += 1
+    while (day := day_number(dt.date(y, m + 1, 1))) <= end:
+        out.append(day)
+        y, m = divmod(y * 12 + m + 1, 12)
     return out
 
 

@@ -40,7 +40,13 @@ DateLike = dt.date | np.datetime64 | str
 
 def day_number(value: DateLike) -> int:
     """Days since 1970-01-01: the integer every model works in."""
-    return int(np.datetime64(value, "D").astype(np.int64))
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        return (value - dt.date(1970, 1, 1)).days
+    if isinstance(value, np.datetime64):
+        return int(value.astype("datetime64[D]").astype(np.int64))
+    return (dt.date.fromisoformat(str(value)[:10]) - dt.date(1970, 1, 1)).days
 
 
 def as_date(day: int) -> dt.date:
