@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from canvass.forecasting.backtest import METHODS, run_backtest, score  # noqa: E402
+from canvass.forecasting.baselines import DEFAULT_STAGE_PROBABILITIES, WeightedPipelineConfig  # noqa: E402
 from canvass.forecasting.history import DISQUALIFIED, LOST, OPEN, STAGES, WON, LeadHistory  # noqa: E402
 
 _ = DISQUALIFIED
@@ -88,16 +89,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizons", default="30,60,90")
     parser.add_argument("--since", default="2017-06-01", help="also score origins on or after this day")
     parser.add_argument("--json", action="store_true", help="print the backtest JSON contract instead of tables")
+    parser.add_argument(
+        "--stage-probability",
+        action="append",
+        default=[],
+        metavar="STAGE=P",
+        help="override a stage probability of the weighted pipeline, e.g. approach=0.5",
+    )
+    parser.add_argument("--cycle-days", type=int, default=60, help="cycle of the weighted pipeline")
     parser.add_argument("--synthetic", action="store_true", help="compare learned and naive on synthetic tenants")
+    parser.add_argument("--ablation", action="store_true", help="learned with one piece switched off at a time")
     parser.add_argument("--perf", action="store_true", help="time the learned forecast on a 1M-lead synthetic tenant")
     args = parser.parse_args(argv)
     if args.synthetic:
         return synthetic_comparison()
     if args.perf:
         return performance()
+    if args.ablation:
+        return ablation(Path(args.data_dir), args.from_date, args.to_date)
     history = load_maven(Path(args.data_dir))
     horizons = [int(h) for h in args.horizons.split(",")]
-    report = run_backtest(history, horizons, args.from_date, args.to_date)
+    probabilities = dict(DEFAULT_STAGE_PROBABILITIES)
+    for item in args.stage_probability:
+        stage, _, p = item.partition("=")
+        probabilities[stage] = float(p)
+    weighted = WeightedPipelineConfig(stage_probabilities=probabilities, cycle_days=args.cycle_days)
+    report = run_backtest(history, horizons, args.from_date, args.to_date, weighted_config=weighted)
     if args.json:
         print(json.dumps(report.to_builtins(), indent=1))
         return 0
@@ -159,6 +176,35 @@ def synthetic_comparison(seeds: tuple[int, ...] = (1, 2, 3)) -> int:
                 f"| {name} | {seed} | {history.n_leads:,} | {cells[0]} | {cells[1]} | {bias} | "
                 f"{100 * cover['learned'][0]:.0f}% | {cover['learned'][1]:.2f} | {100 * cover['naive_last_h'][0]:.0f}% |"
             )
+    return 0
+
+
+def ablation(data_dir: Path, from_date: str, to_date: str) -> int:
+    """What each piece of the learned model is worth on the Maven backtest."""
+    from canvass.forecasting.learned import LearnedConfig
+
+    history = load_maven(data_dir)
+    variants = {
+        "learned (all pieces)": LearnedConfig(),
+        "no calendar effects": LearnedConfig(calendar_effects=False),
+        "no self-calibration": LearnedConfig(bias_prior_sigma=1e-9),
+        "fixed 90-day half-life": LearnedConfig(half_life_candidates=(90.0,)),
+        "no year-over-year arrivals": LearnedConfig(max_season_years=0),
+    }
+    print("| variant | WAPE 30/60/90 | bias 30/60/90 | WAPE from 2017-06 | coverage | sharpness |")
+    print("|---|---|---|---|---|---|")
+    for label, cfg in variants.items():
+        report = run_backtest(history, (30, 60, 90), from_date, to_date, ("learned",), learned_config=cfg)
+        all_ = [score(report.origins, "learned", h) for h in (30, 60, 90)]
+        late = [score(report.origins, "learned", h, "2017-06-01") for h in (30, 60, 90)]
+        rows = report.origins
+        cover = np.mean([o.p10 <= o.actual <= o.p90 for o in rows])
+        sharp = np.median([(o.p90 - o.p10) / o.p50 for o in rows if o.p50 > 0])
+        print(
+            f"| {label} | {'/'.join(f'{100 * (s.wape or 0):.1f}' for s in all_)} | "
+            f"{'/'.join(f'{100 * (s.bias or 0):+.1f}' for s in all_)} | "
+            f"{'/'.join(f'{100 * (s.wape or 0):.1f}' for s in late)} | {100 * cover:.0f}% | {sharp:.2f} |"
+        )
     return 0
 
 

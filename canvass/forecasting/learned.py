@@ -63,7 +63,8 @@ class LearnedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prior_sigma: float = 0.2  # prior shared-shock spread (log), before inner errors are seen
     min_shock_sigma: float = 0.05
     shock_reference_days: int = 30  # longer horizons get at least the shock seen on these windows
-    max_season_years: int = 3  # year-over-year arrival seasonality looks back this many years
+    max_season_years: int = 3
+    calendar_effects: bool = True  # off only to measure what they are worth (ablation)  # year-over-year arrival seasonality looks back this many years
     cold_start_days: int = 91  # less than one quarter of closes on record: flagged and widened
     cold_start_extra_sigma: float = 0.25
     min_closes: int = 30  # fewer closes on record: fall back to the weighted pipeline
@@ -448,7 +449,7 @@ def _fit(table: _ExposureTable, origin: int, half_life: float, cfg: LearnedConfi
         mean_rate = obs.sum(axis=1) / np.maximum(expo.sum(axis=1), 1e-12)
         expected = expo * mean_rate[:, None]
         pooled = (obs.sum(axis=0) + k) / (expected.sum(axis=0) + k)
-        cal = (obs + k * pooled) / (expected + k)
+        cal = (obs + k * pooled) / (expected + k) if cfg.calendar_effects else np.ones((N_AGE, N_CAL))
         # levels: recent, standardised for the calendar of the days they were seen on
         o_sb = (ev * w_level).sum(axis=2)
         x_sb = ((x * w_level) @ onehot * cal[None, :, :]).sum(axis=2)
@@ -486,7 +487,7 @@ def _fit(table: _ExposureTable, origin: int, half_life: float, cfg: LearnedConfi
     mean_rate = obs_c.sum() / max(days_c.sum(), 1e-12)
     raw = obs_c / np.maximum(days_c * mean_rate, 1e-12)
     trust = days_c / (days_c + cfg.calendar_pseudo_days)
-    arr_cal = np.where(days_c > 0, 1 + (raw - 1) * trust, 1.0)
+    arr_cal = np.where(days_c > 0, 1 + (raw - 1) * trust, 1.0) if cfg.calendar_effects else np.ones(N_CAL)
     level = float((arr * wa_level).sum() / max((wa_level * arr_cal[table.calendar[:a_hi]]).sum(), 1e-12))
     season = _arrival_season(arr, table.calendar[:a_hi], arr_cal, wa_level, h, cfg)
     return _Rates(win_base, loss_base, win_marg, loss_marg, win_cal, loss_cal, level, arr_cal, season, size_ratio)
