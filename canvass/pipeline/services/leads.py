@@ -267,6 +267,36 @@ async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFact
     return facts, decode_config(row[3])
 
 
+async def _lead_for_rules(
+    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, if_match: int | None
+) -> tuple[Lead, stages.LeadFacts, PipelineConfig]:
+    """The lead locked for a pipeline change, checked against If-Match, with what
+    the stage rules need to judge it."""
+    lead = await get_lead(session, actor, lead_id, for_update=True)
+    check_version(lead.version, if_match)
+    facts, config = await lead_facts(session, lead)
+    return lead, facts, config
+
+
+async def _write_history(
+    session: AsyncSession,
+    actor: Actor,
+    lead: Lead,
+    *,
+    from_stage: str,
+    entered: dt.datetime,
+    at: dt.datetime,
+    note: str | None,
+) -> Lead:
+    """After a move, outcome or reopen: restart the stage clock if the stage
+    changed, and append the history row."""
+    if lead.stage != from_stage:
+        lead.stage_entered_at = at
+    _record_change(session, actor, lead, from_stage=from_stage, at=at, from_stage_entered_at=entered, note=note)
+    await session.flush()
+    return lead
+
+
 async def move_stage(
     session: AsyncSession,
     actor: Actor,
@@ -276,9 +306,7 @@ async def move_stage(
     if_match: int | None = None,
     config: PipelineConfig | None = None,
 ) -> Lead:
-    lead = await get_lead(session, actor, lead_id, for_update=True)
-    check_version(lead.version, if_match)
-    facts, current = await lead_facts(session, lead)
+    lead, facts, current = await _lead_for_rules(session, actor, lead_id, if_match)
     config = config or current
     stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
     at = move.at or utcnow()
@@ -288,26 +316,14 @@ async def move_stage(
         if score is None or score < config.gates.qualify.threshold:
             lead.qualification_override_reason = move.override_reason
     lead.stage = move.to_stage.value
-    lead.stage_entered_at = at
-    _record_change(
-        session,
-        actor,
-        lead,
-        from_stage=from_stage,
-        at=at,
-        from_stage_entered_at=entered,
-        note=move.note or move.override_reason,
-    )
-    await session.flush()
-    return lead
+    note = move.note or move.override_reason
+    return await _write_history(session, actor, lead, from_stage=from_stage, entered=entered, at=at, note=note)
 
 
 async def record_outcome(
     session: AsyncSession, actor: Actor, lead_id: uuid.UUID, record: OutcomeRecord, *, if_match: int | None = None
 ) -> Lead:
-    lead = await get_lead(session, actor, lead_id, for_update=True)
-    check_version(lead.version, if_match)
-    facts, _ = await lead_facts(session, lead)
+    lead, facts, _ = await _lead_for_rules(session, actor, lead_id, if_match)
     amount = record.amount if record.amount is not None else lead.amount
     stages.check_outcome(facts, record.outcome, amount=amount, reason=record.loss_reason)
     at = record.at or utcnow()
@@ -328,47 +344,24 @@ async def record_outcome(
         if record.outcome is Outcome.LOST:
             lead.lost_at_stage = from_stage
             lead.stage = Stage.CLOSE.value
-    if lead.stage != from_stage:
-        lead.stage_entered_at = at
-    _record_change(
-        session,
-        actor,
-        lead,
-        from_stage=from_stage,
-        at=at,
-        from_stage_entered_at=entered,
-        note=record.note or record.loss_reason,
-    )
-    await session.flush()
-    return lead
+    note = record.note or record.loss_reason
+    return await _write_history(session, actor, lead, from_stage=from_stage, entered=entered, at=at, note=note)
 
 
 async def reopen_lead(
     session: AsyncSession, actor: Actor, lead_id: uuid.UUID, request: Reopen, *, if_match: int | None = None
 ) -> Lead:
-    lead = await get_lead(session, actor, lead_id, for_update=True)
-    check_version(lead.version, if_match)
-    facts, _ = await lead_facts(session, lead)
+    lead, facts, _ = await _lead_for_rules(session, actor, lead_id, if_match)
     back_to = stages.check_reopen(facts, role=actor.role)
     at = utcnow()
     from_stage, entered = lead.stage, lead.stage_entered_at
     lead.stage = back_to.value
     lead.status = LeadStatus.OPEN.value
-    lead.stage_entered_at = at
     lead.closed_at = None
     lead.lost_at_stage = None
     lead.forecast_category = ForecastCategory.PIPELINE.value
-    _record_change(
-        session,
-        actor,
-        lead,
-        from_stage=from_stage,
-        at=at,
-        from_stage_entered_at=entered,
-        note=request.note or "reopened",
-    )
-    await session.flush()
-    return lead
+    note = request.note or "reopened"
+    return await _write_history(session, actor, lead, from_stage=from_stage, entered=entered, at=at, note=note)
 
 
 async def stage_history(session: AsyncSession, actor: Actor, lead_id: uuid.UUID) -> Sequence[StageChange]:
