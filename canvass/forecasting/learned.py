@@ -62,6 +62,7 @@ class LearnedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bias_prior_sigma: float = 0.2  # prior spread of the model's log bias that calibration corrects
     prior_sigma: float = 0.2  # prior shared-shock spread (log), before inner errors are seen
     min_shock_sigma: float = 0.05
+    max_log_spread: float = 1.0  # log-error spreads are capped here (tiny windows are not lognormal)
     shock_reference_days: int = 30  # longer horizons get at least the shock seen on these windows
     max_season_years: int = 3
     calendar_effects: bool = True  # off only to measure what they are worth (ablation)  # year-over-year arrival seasonality looks back this many years
@@ -201,6 +202,7 @@ def _error_model(
     dev2 = float(np.sum((errors - errors.mean()) ** 2)) if m else 0.0
     spread2 = (dev2 + k0 * cfg.prior_sigma**2) / (max(m - 1, 0) + k0)
     spread2 = max(spread2, (float(noise.mean()) if m else 0.0) + cfg.min_shock_sigma**2)
+    spread2 = min(spread2, cfg.max_log_spread**2)
     # Calibration: the model's bias, a normal mean with prior N(0, bias_prior_sigma²) and the
     # latest origins as evidence, so noisy tenants calibrate less than steady ones.
     recent = errors[: cfg.inner_origins]
@@ -227,7 +229,8 @@ def _inner_errors(
         f, var, _ = curves[origin].window(h)
         actual = actuals[(origin, h)]
         if f > 0 and actual > 0:
-            out.append((float(np.log(actual / f)), var / (f * f)))
+            # deal-noise CV², capped: a near-empty window's noise says nothing about log errors
+            out.append((float(np.log(actual / f)), min(var / (f * f), cfg.max_log_spread**2)))
     return out
 
 
