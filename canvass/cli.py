@@ -87,7 +87,12 @@ def users_create(org_slug: str, email: str, name: str, role: str, password: str)
     """Create a user in an organization."""
     from canvass.pipeline.demo import create_user_cli
 
-    click.echo(asyncio.run(create_user_cli(get_settings(), org_slug, email, name, role, password)))
+    from canvass.errors import CanvassError
+
+    try:
+        click.echo(asyncio.run(create_user_cli(get_settings(), org_slug, email, name, role, password)))
+    except CanvassError as error:
+        raise click.ClickException(error.detail) from error
 
 
 @main.group()

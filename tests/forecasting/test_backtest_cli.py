@@ -58,3 +58,14 @@ def test_backtest_json_contract(demo_database: str) -> None:
 def test_backtest_needs_a_known_organization(demo_database: str) -> None:
     result = CliRunner().invoke(main, ["forecast", "backtest", "--org", "nope"])
     assert result.exit_code != 0 and "demo" in result.output
+
+
+def test_users_create_adds_a_user_who_can_log_in(demo_database: str, client: TestClient[Any]) -> None:
+    args = ["users", "create", "--org", "demo", "--email", "new.rep@demo.example", "--name", "New Rep", "--role", "rep"]
+    result = CliRunner().invoke(main, args, input="a good password\na good password\n")
+    assert result.exit_code == 0, result.output
+    assert "created rep new.rep@demo.example" in result.output
+    login = client.post("/api/v1/auth/login", json={"email": "new.rep@demo.example", "password": "a good password"})
+    assert login.status_code == 200
+    again = CliRunner().invoke(main, args, input="a good password\na good password\n")
+    assert again.exit_code == 1 and "exists" in again.output
