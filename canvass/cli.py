@@ -85,9 +85,8 @@ def users() -> None:
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 def users_create(org_slug: str, email: str, name: str, role: str, password: str) -> None:
     """Create a user in an organization."""
-    from canvass.pipeline.demo import create_user_cli
-
     from canvass.errors import CanvassError
+    from canvass.pipeline.demo import create_user_cli
 
     try:
         click.echo(asyncio.run(create_user_cli(get_settings(), org_slug, email, name, role, password)))
