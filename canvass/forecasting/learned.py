@@ -56,7 +56,7 @@ class LearnedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     calendar_half_life_days: float = 730.0  # calendar pattern: long memory
     pseudo_events: float = 10.0  # shrinkage strength for rates and calendar factors
     calendar_pseudo_days: float = 30.0  # arrival calendar factors shrink while cells have few days
-    inner_origins: int = 6  # latest monthly inner origins that set the calibration factor
+    inner_origins: int = 9  # latest monthly inner origins that set the calibration factor
     spread_origins: int = 12  # inner origins whose errors set the interval's shock
     calibration_prior_origins: float = 1.0  # weight (in origins) of the prior error spread
     bias_prior_sigma: float = 0.2  # prior spread of the model's log bias that calibration corrects
