@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 
+import anyio.to_thread
 import msgspec
 from sqlalchemy import and_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
 from canvass.forecasting import funnel, queries, rollup
+from canvass.forecasting.backtest import BacktestReport, run_backtest
 from canvass.forecasting.baselines import Forecast, WeightedPipelineConfig, naive_last_h, weighted_pipeline
 from canvass.forecasting.learned import learned_many
 from canvass.ids import new_id
@@ -257,3 +260,29 @@ async def _actor_for(session: AsyncSession, caller: Actor, user_id: uuid.UUID | 
     ).first()
     role, path = (Role(row[0]), row[1]) if row else (Role.REP, None)
     return Actor(organization_id=caller.organization_id, user_id=user_id, role=role, team_path=path)
+
+
+async def backtest(
+    session: AsyncSession,
+    actor: Actor,
+    horizons: Sequence[int],
+    *,
+    from_date: dt.date | None = None,
+    to_date: dt.date | None = None,
+) -> BacktestReport:
+    """Replay the history the actor sees at monthly as-of dates and score every
+    method. The maths runs in a worker thread: it is CPU work, not I/O."""
+    history = await queries.lead_history(session, actor.organization_id, scope=lead_scope(actor))
+    if history.created.size == 0:
+        return BacktestReport(as_of=[], results=[], origins=[])
+    weighted = _weighted_config(await pipeline_config(session, actor.organization_id))
+    return await anyio.to_thread.run_sync(
+        functools.partial(
+            run_backtest,
+            history,
+            horizons=list(horizons),
+            from_date=from_date,
+            to_date=to_date,
+            weighted_config=weighted,
+        )
+    )

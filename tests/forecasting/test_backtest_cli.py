@@ -69,3 +69,32 @@ def test_users_create_adds_a_user_who_can_log_in(demo_database: str, client: Tes
     assert login.status_code == 200
     again = CliRunner().invoke(main, args, input="a good password\na good password\n")
     assert again.exit_code == 1 and "exists" in again.output
+
+
+def test_the_api_backtest_matches_the_command(demo_database: str, client: TestClient[Any], settings: Settings) -> None:
+    known = Settings(
+        **{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "demo_password": "backtest pw"}
+    )
+    client.blocking_portal.call(load_demo, known, None)
+    token = client.post("/api/v1/auth/login", json={"email": "admin@demo.example", "password": "backtest pw"}).json()
+    params = {"from": "2017-06-01", "to": "2017-10-01", "horizons": [30, 60]}
+    r = client.get(
+        "/api/v1/forecasts/backtest", params=params, headers={"Authorization": f"Bearer {token['access_token']}"}
+    )
+    assert r.status_code == 200, r.text
+    args = [
+        "forecast",
+        "backtest",
+        "--org",
+        "demo",
+        "--json",
+        "--horizons",
+        "30,60",
+        "--from",
+        "2017-06-01",
+        "--to",
+        "2017-10-01",
+    ]
+    cli = msgspec.json.decode(CliRunner().invoke(main, args).output)
+    assert r.json()["as_of"] == cli["as_of"] == ["2017-06-01", "2017-07-01", "2017-08-01", "2017-09-01"]
+    assert r.json()["results"] == cli["results"]

@@ -8,15 +8,18 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Response, get, post, put
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from canvass.api.deps import CurrentActor, Db, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
+from canvass.errors import InvalidValue
+from canvass.forecasting.backtest import BacktestReport
 from canvass.forecasting.queries import Period
 from canvass.forecasting.reports import (
     ForecastAccuracy,
     RevenueForecast,
+    backtest,
     forecast_accuracy,
     forecast_rollup,
     revenue_forecast,
@@ -111,6 +114,22 @@ class ForecastController(Controller):
         """Every kept forecast whose window has closed, against what was won; WAPE
         and bias per method and per person (bias > 0: optimistic)."""
         return await forecast_accuracy(db, actor)
+
+    @get("/forecasts/backtest", operation_id="backtestForecasts", responses=PROBLEM_RESPONSES)
+    async def backtest(
+        self,
+        db: Db,
+        actor: CurrentActor,
+        horizons: Horizons | None = None,
+        from_date: Annotated[dt.date | None, QueryParameter(name="from", required=False)] = None,
+        to_date: Annotated[dt.date | None, QueryParameter(name="to", required=False)] = None,
+    ) -> BacktestReport:
+        """Replay your own history at monthly as-of dates — using only what was
+        knowable then — and score every method per horizon: WAPE, bias, P10–P90
+        coverage (the same report as `canvass forecast backtest`)."""
+        if from_date and to_date and not dt.date(1900, 1, 1) <= from_date < to_date <= dt.date(2200, 1, 1):
+            raise InvalidValue("`from` must come before `to`, both between 1900 and 2200.", field="query.from")
+        return await backtest(db, actor, horizons or [30, 60, 90], from_date=from_date, to_date=to_date)
 
     @get("/quotas", operation_id="listQuotas", responses=PROBLEM_RESPONSES)
     async def list_quotas(
