@@ -602,26 +602,28 @@ class _OriginState:
         )
 
 
-def _win_paths(state: _OriginState, rates: _Rates, size_weighted: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Daily win probabilities: per open group, and per lead created on each day of the window.
-    One gather per hazard from a (stage, age bucket, calendar cell) table; indices are the state's."""
-    size = rates.size_ratio if size_weighted else np.ones(N_AGE)
-    win = (rates.win_base * size[None, :])[:, :, None] * rates.win_calendar[None, :, :]
+def _win_paths(state: _OriginState, rates: _Rates) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Daily win probabilities per open group and per lead created on each day of the window, by
+    count and size-weighted (for revenue: the same survival, wins scaled by the age bucket's size
+    ratio). One gather per hazard from a (stage, age bucket, calendar cell) table."""
+    win = rates.win_base[:, :, None] * rates.win_calendar[None, :, :]
     loss = rates.loss_base[:, :, None] * rates.loss_calendar[None, :, :]
     open_path = _paths(win.ravel()[state.open_cell], loss.ravel()[state.open_cell])
+    open_size = rates.size_ratio[(state.open_cell // N_CAL) % N_AGE]
     # Leads created on day i of the window follow the any-stage hazards from age 0 (cell -1: not yet created).
-    new_win = np.append(((rates.win_marginal * size)[:, None] * rates.win_calendar).ravel(), 0.0)
+    new_win = np.append((rates.win_marginal[:, None] * rates.win_calendar).ravel(), 0.0)
     new_loss = np.append((rates.loss_marginal[:, None] * rates.loss_calendar).ravel(), 0.0)
-    return open_path, _paths(new_win[state.new_cell], new_loss[state.new_cell])
+    new_path = _paths(new_win[state.new_cell], new_loss[state.new_cell])
+    new_size = np.append(rates.size_ratio, 1.0)[np.where(state.new_cell >= 0, state.new_cell // N_CAL, N_AGE)]
+    return open_path, open_path * open_size, new_path, new_path * new_size
 
 
 def _curve(table: _ExposureTable, state: _OriginState, origin: int, h: int, rates: _Rates) -> _Curve:
     """Uncalibrated daily forecast from ``origin``: open deals plus leads not yet created.
-    Deals use the count hazards; revenue the size-weighted ones."""
+    Deals use the count hazards; revenue scales wins by deal size."""
     cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
     arrivals = rates.arrival_rate * rates.arrival_calendar[cal] * rates.arrival_season
-    open_path, new_path = _win_paths(state, rates, size_weighted=False)
-    open_value_path, new_value_path = _win_paths(state, rates, size_weighted=True)
+    open_path, open_value_path, new_path, new_value_path = _win_paths(state, rates)
     new_expected_wins = arrivals @ new_path
     revenue = state.won_ratio * (state.amount @ open_value_path + state.new_amount * (arrivals @ new_value_path))
     return _Curve(
