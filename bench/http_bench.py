@@ -205,15 +205,33 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 def run_wrk(port: int, script: str, args: list[str], duration: int) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     command = [
         "wrk", "-t2", "-c32", f"-d{duration}s", "--latency", "--timeout", "5s",
         "-s", str(WRK / script), f"http://127.0.0.1:{port}", "--", *args,
     ]  # fmt: skip
     done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=duration + 60)
     try:
-        return parse_wrk(done.stdout)
+        result = parse_wrk(done.stdout)
     except (KeyError, AttributeError) as exc:
         raise RuntimeError(f"unexpected wrk output for {script}:\n{done.stdout}\n{done.stderr}") from exc
+    # The 1-minute load average around the run: on a shared 2-core machine it shows
+    # how much else competed with server, database and wrk for the cores.
+    result["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return result
+
+
+def machine() -> dict[str, Any]:
+    """Conditions of the run, stored with its figures."""
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    mem = re.search(r"MemTotal:\s+(\d+) kB", meminfo)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(mem.group(1)) / 2**20, 1) if mem else None,
+        "commit": commit.stdout.strip() or None,
+        "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str, Any]:
@@ -272,6 +290,7 @@ def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str
         if results["stage_move"]["requests"] > len(prospecting):
             raise RuntimeError("the stage-move pool ran out: raise --leads or lower --duration")
         return {
+            "machine": machine(),
             "database": db,
             "leads": leads,
             "seed_seconds": round(seeded_s, 1),
@@ -300,13 +319,14 @@ async def _pg(statement: str, database: str | None = None) -> None:
 def table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['database']}: {report['leads']:,} leads (seeded in {report['seed_seconds']} s), {report['workers']} workers",
-        f"{'operation':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   bar (PostgreSQL)",
+        f"{'operation':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'load':>10}   bar (PostgreSQL)",
     ]
     for op, r in report["results"].items():
         rate, p99 = BARS[op]
         ok = r["requests_per_s"] >= rate and r["p99_ms"] < p99 and r["errors"] == 0
         lines.append(
-            f"{op:<12} {r['requests_per_s']:>8.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>7}   "
+            f"{op:<12} {r['requests_per_s']:>8.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>7} "
+            f"{'→'.join(f'{x:.1f}' for x in r['load_1min']):>10}   "
             f"≥{rate}/s, p99<{p99} ms: {'met' if ok else 'NOT met'}"
         )
     return "\n".join(lines)
