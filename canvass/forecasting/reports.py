@@ -16,6 +16,7 @@ from canvass.db import utcnow
 from canvass.forecasting import funnel, queries, rollup
 from canvass.forecasting.backtest import BacktestReport, run_backtest
 from canvass.forecasting.baselines import Forecast, WeightedPipelineConfig, naive_last_h, weighted_pipeline
+from canvass.forecasting.history import as_date
 from canvass.forecasting.learned import learned_many
 from canvass.ids import new_id
 from canvass.pipeline.config import PipelineConfig
@@ -275,6 +276,11 @@ async def backtest(
     history = await queries.lead_history(session, actor.organization_id, scope=lead_scope(actor))
     if history.created.size == 0:
         return BacktestReport(as_of=[], results=[], origins=[])
+    if from_date is None:
+        # Without a start, the last two years of the history.
+        first = as_date(int(history.created.min()))
+        latest = to_date or as_date(int(max(history.created.max(), history.closed.max())) + 1)
+        from_date = max(first + dt.timedelta(days=1), latest - dt.timedelta(days=2 * 365))
     weighted = _weighted_config(await pipeline_config(session, actor.organization_id))
     return await anyio.to_thread.run_sync(
         functools.partial(

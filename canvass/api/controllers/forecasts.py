@@ -70,6 +70,9 @@ class SnapshotOut(msgspec.Struct, kw_only=True):
     deals: float | None
 
 
+MAX_BACKTEST_DAYS = 3 * 366
+
+
 class ForecastController(Controller):
     path = "/api/v1"
     tags = ["forecasts"]
@@ -129,6 +132,11 @@ class ForecastController(Controller):
         coverage (the same report as `canvass forecast backtest`)."""
         if from_date and to_date and not dt.date(1900, 1, 1) <= from_date < to_date <= dt.date(2200, 1, 1):
             raise InvalidValue("`from` must come before `to`, both between 1900 and 2200.", field="query.from")
+        # Each as-of month refits the model: bound the work one request can ask for.
+        if from_date and to_date and (to_date - from_date).days > MAX_BACKTEST_DAYS:
+            raise InvalidValue(
+                f"A backtest spans at most {MAX_BACKTEST_DAYS // 365} years of as-of dates.", field="query.to"
+            )
         return await backtest(db, actor, horizons or [30, 60, 90], from_date=from_date, to_date=to_date)
 
     @get("/quotas", operation_id="listQuotas", responses=PROBLEM_RESPONSES)
