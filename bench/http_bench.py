@@ -194,13 +194,17 @@ def parse_wrk(output: str) -> dict[str, Any]:
     latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.M))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    failed = int(non_2xx.group(1)) if non_2xx else 0
+    kinds = ("connect", "read", "write", "timeout")
+    dropped = dict(zip(kinds, map(int, socket_errors.groups()), strict=True)) if socket_errors else {}
     return {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
         "requests": int(re.search(r"(\d+) requests in", output).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(latency["50"]),
         "p99_ms": _ms(latency["99"]),
-        "errors": (int(non_2xx.group(1)) if non_2xx else 0)
-        + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
+        "errors": failed + sum(dropped.values()),
+        "non_2xx": failed,
+        "socket_errors": dropped,  # "timeout": no answer within wrk's --timeout (5 s)
     }
 
 
