@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from canvass.forecasting.history import LeadHistory
 
 from canvass.settings import get_settings
 
@@ -167,7 +171,7 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
-async def _tenant_history(org_slug: str | None):  # type: ignore[no-untyped-def]
+async def _tenant_history(org_slug: str | None) -> LeadHistory:
     from sqlalchemy import select
 
     from canvass.db import create_engine, session_factory

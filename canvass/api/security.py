@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from litestar.connection import ASGIConnection
@@ -83,7 +84,7 @@ def access_token(jwt_auth: JWTAuth[Actor, Token], user: User, team_path: str | N
     )
 
 
-def requires_role(*roles: Role):  # type: ignore[no-untyped-def]
+def requires_role(*roles: Role) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
     """A guard: only these roles may call the handler."""
     allowed = frozenset(roles)
 

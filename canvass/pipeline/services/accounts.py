@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
@@ -124,12 +124,12 @@ async def delete_account(
 # ---------------------------------------------------------------- contacts
 
 
-def _contact_in_scope(actor: Actor):  # type: ignore[no-untyped-def]
+def _contact_in_scope(actor: Actor) -> ColumnElement[bool]:
     visible_accounts = select(Account.id).where(account_scope(actor))
-    return (
-        (Contact.organization_id == actor.organization_id)
-        & Contact.deleted_at.is_(None)
-        & Contact.account_id.in_(visible_accounts)
+    return and_(
+        Contact.organization_id == actor.organization_id,
+        Contact.deleted_at.is_(None),
+        Contact.account_id.in_(visible_accounts),
     )
 
 
