@@ -239,6 +239,7 @@ def machine() -> dict[str, Any]:
 
 
 def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str, Any]:
+    conditions = machine()
     name = f"canvass_bench_{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="canvass-bench-"))
     if db == "postgresql":
@@ -294,7 +295,7 @@ def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str
         if results["stage_move"]["requests"] > len(prospecting):
             raise RuntimeError("the stage-move pool ran out: raise --leads or lower --duration")
         return {
-            "machine": machine(),
+            "machine": conditions,
             "database": db,
             "leads": leads,
             "seed_seconds": round(seeded_s, 1),
