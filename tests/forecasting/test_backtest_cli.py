@@ -3,6 +3,7 @@ history, read back through the query layer, scored per method and horizon."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -13,10 +14,11 @@ from litestar.testing import TestClient
 from canvass.cli import main
 from canvass.pipeline.demo import load_demo
 from canvass.settings import Settings, get_settings
+from tests.conftest import Tenant
 
 
 @pytest.fixture
-def demo_database(client: TestClient[Any], settings: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
+def demo_database(client: TestClient[Any], settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     client.blocking_portal.call(load_demo, settings, None)
     monkeypatch.setenv("CANVASS_DATABASE_URL", settings.database_url)
     get_settings.cache_clear()
@@ -60,12 +62,21 @@ def test_backtest_needs_a_known_organization(demo_database: str) -> None:
     assert result.exit_code != 0 and "demo" in result.output
 
 
-def test_users_create_adds_a_user_who_can_log_in(demo_database: str, client: TestClient[Any]) -> None:
-    args = ["users", "create", "--org", "demo", "--email", "new.rep@demo.example", "--name", "New Rep", "--role", "rep"]
+@pytest.fixture
+def cli_database(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("CANVASS_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    yield settings.database_url
+    get_settings.cache_clear()
+
+
+def test_users_create_adds_a_user_who_can_log_in(cli_database: str, client: TestClient[Any], tenant: Tenant) -> None:
+    email = f"new.rep@{tenant.slug}.example"
+    args = ["users", "create", "--org", tenant.slug, "--email", email, "--name", "New Rep", "--role", "rep"]
     result = CliRunner().invoke(main, args, input="a good password\na good password\n")
     assert result.exit_code == 0, result.output
-    assert "created rep new.rep@demo.example" in result.output
-    login = client.post("/api/v1/auth/login", json={"email": "new.rep@demo.example", "password": "a good password"})
+    assert f"created rep {email}" in result.output
+    login = client.post("/api/v1/auth/login", json={"email": email, "password": "a good password"})
     assert login.status_code == 200
     again = CliRunner().invoke(main, args, input="a good password\na good password\n")
     assert again.exit_code == 1 and "exists" in again.output
