@@ -275,8 +275,10 @@ async def import_leads(session: AsyncSession, actor: Actor, rows: Iterable[LeadI
         lead, history = _lead_and_changes(actor, row, owner_id, account_id, now)
         leads.append(lead)
         changes.extend(history)
+    # Core inserts (not ORM bulk): one multi-row INSERT per batch on both drivers.
+    connection = await session.connection()
     for i in range(0, len(leads), _BATCH):
-        await session.execute(insert(Lead), leads[i : i + _BATCH])
+        await connection.execute(insert(Lead.__table__), leads[i : i + _BATCH])
     for i in range(0, len(changes), _BATCH):
-        await session.execute(insert(StageChange), changes[i : i + _BATCH])
+        await connection.execute(insert(StageChange.__table__), changes[i : i + _BATCH])
     return ImportReport(accepted=len(leads), stage_changes=len(changes), rejected=rejected)
