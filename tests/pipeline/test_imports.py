@@ -127,3 +127,24 @@ def test_a_rep_may_import_only_their_own_leads(client: TestClient[Any], tenant: 
     )
     assert report.accepted == 1
     assert [(r.external_ref, r.field) for r in report.rejected] == [("theirs", "owner_id")]
+
+
+def test_stage_status_and_dates_given_on_the_row_must_agree_with_the_history(
+    client: TestClient[Any], tenant: Tenant
+) -> None:
+    admin = Actor(organization_id=tenant.organization_id, user_id=tenant.admin.id, role=Role.ADMIN)
+    rows = [
+        _row("agrees", stage=Stage.CLOSE, status=LeadStatus.WON, created_at=_at(-2), closed_at=_at(20)),
+        _row("wrong-stage", stage=Stage.QUALIFY),
+        _row("wrong-status", status=LeadStatus.LOST),
+        _row("created-late", created_at=_at(1)),
+        _row("closed-elsewhen", closed_at=_at(19)),
+    ]
+    report = run(client, _import, client.app.state.sessionmaker, admin, rows)
+    assert report.accepted == 1
+    assert [(r.external_ref, r.field) for r in report.rejected] == [
+        ("wrong-stage", "stage"),
+        ("wrong-status", "status"),
+        ("created-late", "created_at"),
+        ("closed-elsewhen", "closed_at"),
+    ]

@@ -57,6 +57,12 @@ class LeadImportRow(Input, kw_only=True):
     expected_close_date: dt.date | None = None
     loss_reason: LongText | None = None
     competitor: ShortText | None = None
+    # Optional cross-checks an export usually carries: when given they must agree
+    # with the history (last entry's stage/status/date, first entry's date).
+    stage: Stage | None = None
+    status: LeadStatus | None = None
+    created_at: Timestamp | None = None
+    closed_at: Timestamp | None = None
     history: Annotated[list[HistoryEntry], Meta(min_length=1, max_length=200)]
 
 
@@ -165,6 +171,18 @@ def _check_history(row: LeadImportRow) -> None:
             raise _RowError(f"history[{i}].at", "history must be in time order")
         previous = entry.at
     last = row.history[-1]
+    if row.stage is not None and row.stage is not last.to_stage:
+        raise _RowError(
+            "stage", f"stage {row.stage.value} disagrees with the last history entry ({last.to_stage.value})"
+        )
+    if row.status is not None and row.status is not last.status:
+        raise _RowError(
+            "status", f"status {row.status.value} disagrees with the last history entry ({last.status.value})"
+        )
+    if row.created_at is not None and row.created_at > row.history[0].at:
+        raise _RowError("created_at", "created_at is after the first history entry")
+    if row.closed_at is not None and (last.status is LeadStatus.OPEN or row.closed_at != last.at):
+        raise _RowError("closed_at", "closed_at must be the date of the closing (last) history entry")
     if last.status is LeadStatus.WON and not (last.amount or row.amount):
         raise _RowError("amount", "a won lead needs its amount")
     if last.status is LeadStatus.LOST and last.to_stage is not Stage.CLOSE:
@@ -240,7 +258,7 @@ def _lead_and_changes(
         "lost_at_stage": lost_at if last.status is LeadStatus.LOST else None,
         "closed_at": last.at if closed else None,
         "deleted_at": None,
-        "created_at": first.at,
+        "created_at": row.created_at or first.at,
         "updated_at": now,
         "version": 1,
     }
