@@ -20,7 +20,7 @@ from msgspec import Meta
 from sqlalchemy import and_, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canvass.db import utcnow
+from canvass.db import Base, utcnow
 from canvass.ids import new_id
 from canvass.pipeline.models import Account, Contact, Lead, StageChange, Team, User
 from canvass.pipeline.schemas import Currency, Email, Input, LongText, Money, Name, ShortText, Timestamp
@@ -295,8 +295,9 @@ async def import_leads(session: AsyncSession, actor: Actor, rows: Iterable[LeadI
         changes.extend(history)
     # Core inserts (not ORM bulk): one multi-row INSERT per batch on both drivers.
     connection = await session.connection()
+    lead_table, change_table = (Base.metadata.tables[m.__tablename__] for m in (Lead, StageChange))
     for i in range(0, len(leads), _BATCH):
-        await connection.execute(insert(Lead.__table__), leads[i : i + _BATCH])
+        await connection.execute(insert(lead_table), leads[i : i + _BATCH])
     for i in range(0, len(changes), _BATCH):
-        await connection.execute(insert(StageChange.__table__), changes[i : i + _BATCH])
+        await connection.execute(insert(change_table), changes[i : i + _BATCH])
     return ImportReport(accepted=len(leads), stage_changes=len(changes), rejected=rejected)
