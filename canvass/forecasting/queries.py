@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.forecasting.history import STATUSES, LeadHistory
 from canvass.pipeline.models import Account, Lead, StageChange, Team, User
-from canvass.pipeline.scope import Actor, lead_scope, visible_owner
+from canvass.pipeline.scope import Actor, lead_scope, subtree_members, visible_owner
 from canvass.pipeline.vocabulary import STAGE_ORDER, LeadStatus
 
 STAGE_INDEX = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
@@ -52,12 +52,7 @@ async def _cut_condition(session: AsyncSession, actor: Actor, cut: FunnelCut) ->
         if team_path is None:
             conditions.append(false())  # no such team: an empty report, not an error
         else:
-            members = (
-                select(User.id)
-                .join(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
-                .where(User.organization_id == actor.organization_id, Team.path.startswith(team_path))
-            )
-            conditions.append(Lead.owner_id.in_(members))
+            conditions.append(Lead.owner_id.in_(subtree_members(actor.organization_id, team_path)))
     if cut.territory_id:
         accounts = select(Account.id).where(
             Account.organization_id == actor.organization_id, Account.territory_id == cut.territory_id

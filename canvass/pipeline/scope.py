@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, and_, exists, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute
 
 from canvass.pipeline.models import Account, Activity, Lead, Team, User
@@ -39,17 +39,22 @@ class Actor(msgspec.Struct, frozen=True, kw_only=True):
         return self.role is Role.MANAGER
 
 
+def subtree_members(organization_id: uuid.UUID, team_path: str) -> Select[Any]:
+    """Ids of the people in a team and every team below it."""
+    return (
+        select(User.id)
+        .join(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
+        .where(User.organization_id == organization_id, Team.path.startswith(team_path))
+    )
+
+
 def visible_owner(actor: Actor, owner_column: InstrumentedAttribute[Any]) -> ColumnElement[bool]:
     """Records owned by someone the actor may see."""
     if actor.role is Role.ADMIN:
         return true()
     if actor.role is Role.MANAGER and actor.team_path:
-        subtree_users = (
-            select(User.id)
-            .join(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
-            .where(User.organization_id == actor.organization_id, Team.path.startswith(actor.team_path))
-        )
-        return or_(owner_column == actor.user_id, owner_column.in_(subtree_users))
+        members = subtree_members(actor.organization_id, actor.team_path)
+        return or_(owner_column == actor.user_id, owner_column.in_(members))
     return owner_column == actor.user_id
 
 

@@ -142,7 +142,3 @@ async def check_owner(session: AsyncSession, actor: Actor, owner_id: uuid.UUID) 
             + (" or to people in your team subtree." if actor.is_manager else "."),
             field="owner_id",
         )
-
-
-def new_or_given_id(given: uuid.UUID | None) -> dict[str, uuid.UUID]:
-    return {"id": given} if given else {}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from msgspec import UNSET
-from sqlalchemy import and_, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
@@ -35,7 +35,7 @@ from canvass.pipeline.schemas import (
     UserOut,
     UserUpdate,
 )
-from canvass.pipeline.scope import Actor
+from canvass.pipeline.scope import Actor, subtree_members
 from canvass.pipeline.services.common import apply_patch, check_version, paginate, timestamp_key
 from canvass.pipeline.vocabulary import Role
 
@@ -253,9 +253,7 @@ async def list_users(
     if actor.role is Role.REP:
         stmt = stmt.where(User.id == actor.user_id)
     elif actor.role is Role.MANAGER and actor.team_path:
-        stmt = stmt.join(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id)).where(
-            Team.path.startswith(actor.team_path)
-        )
+        stmt = stmt.where(User.id.in_(subtree_members(actor.organization_id, actor.team_path)))
     return await paginate(
         session, stmt, id_column=User.id, key=timestamp_key(User.created_at), limit=limit, cursor=cursor
     )
