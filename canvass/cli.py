@@ -191,6 +191,70 @@ async def _tenant_history(org_slug: str | None) -> LeadHistory:
         await engine.dispose()
 
 
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running server.")
+@click.option("--reps", default=5, show_default=True, type=click.IntRange(1, 1000), help="Simulated reps.")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(0, 10_000), help="Edit rounds per rep.")
+@click.option("--password", required=True, help="The reps' (and admin's) password, e.g. the demo password.")
+@click.option("--seed", default=None, type=int, help="Random seed (same seed, same choices).")
+@click.option(
+    "--email", "emails", multiple=True, help="A rep to simulate (repeatable); default: reps listed by the admin."
+)
+@click.option("--admin-email", default="admin@demo.example", show_default=True, help="Lists the reps.")
+@click.option(
+    "--offline",
+    "offline_probability",
+    default=0.4,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Chance a rep stays offline after a round.",
+)
+@click.option(
+    "--workdir", default=None, type=click.Path(file_okay=False), help="Where the replicas go (default: a temp dir)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def simulate(
+    url: str,
+    reps: int,
+    rounds: int,
+    password: str,
+    seed: int | None,
+    emails: tuple[str, ...],
+    admin_email: str,
+    offline_probability: float,
+    workdir: str | None,
+    as_json: bool,
+) -> None:
+    """Run N simulated reps on the reference offline client against a running
+    server: random edits, offline periods, skewed clocks; print what happened."""
+    import msgspec
+
+    from canvass.clients.simulate import SimConfig, run_simulation
+
+    config = SimConfig(
+        url=url,
+        password=password,
+        reps=reps,
+        rounds=rounds,
+        seed=seed,
+        emails=list(emails),
+        admin_email=admin_email,
+        offline_probability=offline_probability,
+        workdir=workdir,
+    )
+    try:
+        summary = run_simulation(config, echo=(lambda _line: None) if as_json else click.echo)
+    except Exception as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    if as_json:
+        click.echo(msgspec.json.encode(summary).decode())
+    else:
+        for line in summary.lines():
+            click.echo(line)
+    if summary.errors:
+        raise SystemExit(1)
+
+
 def _redacted(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
