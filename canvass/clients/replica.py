@@ -285,9 +285,13 @@ class Replica:
 
     def local(self, entity: str, record_id: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT data FROM local_records WHERE entity = ? AND id = ?", (entity, record_id)
+            "SELECT data, pending FROM local_records WHERE entity = ? AND id = ?", (entity, record_id)
         ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        if row is None:
+            return None
+        item = dict(json.loads(row[0]))
+        item["_pending"] = bool(row[1])
+        return item
 
     def local_records(self, entity: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT data, pending FROM local_records WHERE entity = ? ORDER BY id", (entity,))
@@ -302,7 +306,7 @@ class Replica:
         self.db.execute(
             "INSERT INTO local_records (entity, id, data, pending) VALUES (?, ?, ?, 1) "
             "ON CONFLICT (entity, id) DO UPDATE SET data = excluded.data, pending = 1",
-            (entity, record_id, json.dumps(data, sort_keys=True)),
+            (entity, record_id, json.dumps({k: v for k, v in data.items() if k != "_pending"}, sort_keys=True)),
         )
 
     def apply_local(self, name: str, args: dict[str, Any], at: str, me: str | None) -> None:
