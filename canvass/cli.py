@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from canvass.forecasting.history import LeadHistory
 
 from canvass.settings import get_settings
+from canvass.sync import feed  # noqa: F401  (publishes every write to the change feed)
 
 
 @click.group()

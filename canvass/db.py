@@ -62,6 +62,17 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
+WRITTEN = "canvass.written"
+
+
+def mark_written(session: Any, organization_id: Any, *tables: Any) -> None:
+    """Note that this transaction wrote rows of ``tables`` for a tenant outside the
+    ORM's unit of work (Core bulk inserts). The ORM's own writes are noted by the
+    sync layer's flush hook; at commit it publishes both to the change feed."""
+    written = session.info.setdefault(WRITTEN, {})
+    written.setdefault(organization_id, set()).update(tables)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

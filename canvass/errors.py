@@ -68,3 +68,13 @@ class RuleViolation(CanvassError):
     def __init__(self, rule: str, detail: str, **extra: Any) -> None:
         super().__init__(detail, rule=rule, **extra)
         self.rule = rule
+
+
+class SeqGap(CanvassError):
+    """A push whose first new mutation is not the one after the last applied."""
+
+    status, code, title = 409, "seq-gap", "Mutations are missing before this push"
+
+
+class BatchTooLarge(CanvassError):
+    status, code, title = 413, "batch-too-large", "Too many mutations in one push"

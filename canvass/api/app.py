@@ -27,11 +27,13 @@ from canvass.api.controllers.people import (
     UserController,
 )
 from canvass.api.controllers.reports import ReportController
+from canvass.api.controllers.sync import ConflictController, SyncController
 from canvass.api.deps import provide_actor, provide_db
 from canvass.api.problems import exception_handlers
 from canvass.api.security import build_jwt_auth
 from canvass.db import create_engine, session_factory
 from canvass.settings import Settings, get_settings
+from canvass.sync import feed  # noqa: F401  (publishes every write to the change feed)
 
 API_DESCRIPTION = """
 Canvass manages leads through a seven-stage pipeline (prospecting → qualify →
@@ -104,6 +106,8 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
             ReportController,
             ForecastController,
             ImportController,
+            SyncController,
+            ConflictController,
             create_static_files_router(
                 path=_SWAGGER_ASSETS, directories=[swagger_ui.static_path], include_in_schema=False
             ),

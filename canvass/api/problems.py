@@ -51,6 +51,7 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     field: str | None = None
     errors: list[FieldError] | None = None
     current_version: int | None = None
+    expected_seq: int | None = None  # sync push refused for a gap: resend from this seq
 
 
 def problem_response(

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from canvass.db import Base, create_engine
 from canvass.pipeline import models  # noqa: F401  (registers the tables)
 from canvass.settings import get_settings, to_async_url
+from canvass.sync import models as sync_models  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata

@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     Float,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    null,
 )
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
@@ -92,6 +94,30 @@ class Versioned:
     @declared_attr.directive
     def __mapper_args__(cls) -> dict[str, Any]:
         return {"version_id_col": cls.__table__.c.version}  # type: ignore[attr-defined]
+
+
+class Synced:
+    """Rows that offline devices replicate (see ``canvass/sync/PROTOCOL.md``).
+
+    ``server_version`` is the tenant's change-feed position of the transaction
+    that last wrote the row. Every write sets it to NULL ("written, not yet
+    published"); the sync layer stamps the transaction's version just before
+    commit, so versions become visible in commit order and a device's cursor
+    never skips a change."""
+
+    server_version: Mapped[int | None] = mapped_column(BigInteger, default=None, onupdate=null())
+
+
+class FieldVersioned(Synced):
+    """Records that devices edit field by field. ``field_versions`` maps a field
+    to ``[row version, hybrid-clock timestamp]`` of its last write: the three-way
+    merge compares it with the row version the device's edit was based on."""
+
+    field_versions: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+def _feed_index(table: str) -> Index:
+    return Index(f"ix_{table}_org_server_version", "organization_id", "server_version", "id")
 
 
 class Team(TenantMixin, Versioned, Base):
@@ -168,7 +194,7 @@ class UserTerritory(Base):
     )
 
 
-class Account(TenantMixin, Versioned, Base):
+class Account(TenantMixin, FieldVersioned, Versioned, Base):
     """客户: a company or person the organization sells to."""
 
     __tablename__ = "accounts"
@@ -195,6 +221,7 @@ class Account(TenantMixin, Versioned, Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
+        _feed_index("accounts"),
         _tenant_fk(["owner_id"], "users"),
         _tenant_fk(["territory_id"], "territories"),
         Index("ix_accounts_org_owner", "organization_id", "owner_id"),
@@ -203,7 +230,7 @@ class Account(TenantMixin, Versioned, Base):
     )
 
 
-class Contact(TenantMixin, Versioned, Base):
+class Contact(TenantMixin, FieldVersioned, Versioned, Base):
     """联系人: a person at an account, with their buying role and consent."""
 
     __tablename__ = "contacts"
@@ -219,12 +246,13 @@ class Contact(TenantMixin, Versioned, Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
+        _feed_index("contacts"),
         _tenant_fk(["account_id"], "accounts"),
         Index("ix_contacts_org_account", "organization_id", "account_id"),
     )
 
 
-class Lead(TenantMixin, Versioned, Base):
+class Lead(TenantMixin, FieldVersioned, Versioned, Base):
     """The unit that moves through the seven-stage pipeline."""
 
     __tablename__ = "leads"
@@ -259,6 +287,7 @@ class Lead(TenantMixin, Versioned, Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
+        _feed_index("leads"),
         _tenant_fk(["account_id"], "accounts"),
         _tenant_fk(["primary_contact_id"], "contacts"),
         _tenant_fk(["owner_id"], "users"),
@@ -271,7 +300,7 @@ class Lead(TenantMixin, Versioned, Base):
     )
 
 
-class StageChange(TenantMixin, Base):
+class StageChange(TenantMixin, Synced, Base):
     """Append-only history of a lead's moves. Funnel reports and forecasts are
     computed from it, so it also records the status and amount after the move."""
 
@@ -292,13 +321,14 @@ class StageChange(TenantMixin, Base):
     imported: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (
+        _feed_index("stage_changes"),
         _tenant_fk(["lead_id"], "leads"),
         Index("ix_stage_changes_org_lead_at", "organization_id", "lead_id", "at"),
         Index("ix_stage_changes_org_at", "organization_id", "at"),
     )
 
 
-class Activity(TenantMixin, Versioned, Base):
+class Activity(TenantMixin, Synced, Versioned, Base):
     """Append-only log of what a rep did: visits (拜访) with plan, check-in and
     check-out, calls, e-mails, meetings, demos, notes and tasks. Only lifecycle
     fields (check-in/out, done) change after creation."""
@@ -326,6 +356,7 @@ class Activity(TenantMixin, Versioned, Base):
     check_out_longitude: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
+        _feed_index("activities"),
         _tenant_fk(["owner_id"], "users"),
         _tenant_fk(["lead_id"], "leads"),
         _tenant_fk(["account_id"], "accounts"),
@@ -336,7 +367,7 @@ class Activity(TenantMixin, Versioned, Base):
     )
 
 
-class Objection(TenantMixin, Versioned, Base):
+class Objection(TenantMixin, Synced, Versioned, Base):
     """异议: an objection raised on a lead and how the rep handled it."""
 
     __tablename__ = "objections"
@@ -350,6 +381,7 @@ class Objection(TenantMixin, Versioned, Base):
     raised_by_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (
+        _feed_index("objections"),
         _tenant_fk(["lead_id"], "leads"),
         Index("ix_objections_org_lead", "organization_id", "lead_id"),
     )

@@ -20,7 +20,7 @@ from msgspec import Meta
 from sqlalchemy import and_, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canvass.db import Base, utcnow
+from canvass.db import Base, mark_written, utcnow
 from canvass.ids import new_id
 from canvass.pipeline.models import Account, Contact, Lead, StageChange, Team, User
 from canvass.pipeline.schemas import Currency, Email, Input, LongText, Money, Name, ShortText, Timestamp
@@ -300,4 +300,6 @@ async def import_leads(session: AsyncSession, actor: Actor, rows: Iterable[LeadI
         await connection.execute(insert(lead_table), leads[i : i + _BATCH])
     for i in range(0, len(changes), _BATCH):
         await connection.execute(insert(change_table), changes[i : i + _BATCH])
+    if leads:
+        mark_written(session, actor.organization_id, lead_table, change_table)
     return ImportReport(accepted=len(leads), stage_changes=len(changes), rejected=rejected)

@@ -1,0 +1,165 @@
+"""The change feed: every committed write of a synced record gets the tenant's
+next server version, in commit order (PROTOCOL.md, "Change feed").
+
+Nothing in the pipeline services knows about it. Two session hooks do the work
+for every writer — REST handlers, sync pushes, the importer, the demo loader:
+
+- at flush, note which tenant tables were written, keep the per-field versions
+  the three-way merge needs, and record owner changes (departures);
+- just before commit, advance the tenant's clock (one row, locked until commit)
+  and stamp that version on every row this transaction wrote. A written row's
+  ``server_version`` is NULL until then (the column's on-update value), so the
+  stamp is one indexed UPDATE per table, whoever wrote the row and however.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from sqlalchemy import Table, event, inspect, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from canvass.db import WRITTEN
+from canvass.pipeline.models import (
+    Account,
+    Activity,
+    Contact,
+    FieldVersioned,
+    Lead,
+    Objection,
+    StageChange,
+    Synced,
+)
+from canvass.sync.hlc import HybridClock
+from canvass.sync.models import SyncClock, SyncDeparture
+
+# The hybrid clock of this server process: REST edits get a timestamp from it,
+# and it advances past every device timestamp it receives, so an edit made after
+# seeing a device's edit sorts after it even when the device's clock runs fast.
+server_clock = HybridClock(node=f"server.{os.getpid()}")
+
+HLC = "canvass.sync.hlc"  # session.info: the timestamp of the mutation being applied
+DEVICE = "canvass.sync.device"  # session.info: the device whose mutation is being applied
+_REASSIGNED = "canvass.sync.reassigned"
+
+# Columns that are bookkeeping, not something a person edits.
+_NOT_FIELDS = frozenset(
+    {"id", "organization_id", "created_at", "updated_at", "version", "server_version", "field_versions"}
+)
+# Owner changes make a record leave someone's scope: devices must hear of it.
+_OWNED = {Lead: "lead", Account: "account"}
+
+
+def _written(session: Session) -> dict[uuid.UUID, set[Table]]:
+    written: dict[uuid.UUID, set[Table]] = session.info.setdefault(WRITTEN, {})
+    return written
+
+
+def current_hlc(session: Session) -> str:
+    hlc: str | None = session.info.get(HLC)
+    return hlc if hlc is not None else server_clock.tick().encode()
+
+
+@event.listens_for(Session, "before_flush")
+def _note_writes(session: Session, _context: Any, _instances: Any) -> None:
+    written = _written(session)
+    for obj in session.new:
+        if isinstance(obj, Synced):
+            written.setdefault(obj.organization_id, set()).add(type(obj).__table__)  # type: ignore[attr-defined]
+    hlc: str | None = None
+    for obj in session.dirty:
+        if not isinstance(obj, Synced) or not session.is_modified(obj):
+            continue
+        written.setdefault(obj.organization_id, set()).add(type(obj).__table__)  # type: ignore[attr-defined]
+        state = inspect(obj)
+        changed = [a.key for a in state.attrs if a.key not in _NOT_FIELDS and a.history.has_changes()]
+        if isinstance(obj, FieldVersioned) and changed:
+            hlc = hlc or current_hlc(session)
+            versions = dict(obj.field_versions or {})
+            next_version = obj.version + 1  # type: ignore[attr-defined]  # the version this UPDATE writes
+            device = session.info.get(DEVICE)
+            for name in changed:
+                versions[name] = [next_version, hlc, device]
+            obj.field_versions = versions
+        entity = _OWNED.get(type(obj))
+        if entity is not None and "owner_id" in changed:
+            before = state.attrs.owner_id.history.deleted
+            if before and before[0] is not None:
+                session.add(
+                    SyncDeparture(
+                        organization_id=obj.organization_id, entity=entity, record_id=obj.id, from_owner_id=before[0]
+                    )
+                )
+                written[obj.organization_id].add(SyncDeparture.__table__)  # type: ignore[arg-type]
+                if isinstance(obj, Lead):
+                    session.info.setdefault(_REASSIGNED, []).append(obj)
+
+
+# A reassigned lead brings its history, activities and objections to its new
+# owner's devices: they are re-published with the lead.
+_CHILDREN: tuple[Table, ...] = tuple(m.__table__ for m in (StageChange, Activity, Objection))  # type: ignore[misc]
+_ACCOUNTS: Table = Account.__table__  # type: ignore[assignment]
+_CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+
+
+def _bump_clock(session: Session, organization_id: uuid.UUID) -> int:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(SyncClock)
+        .values(organization_id=organization_id, version=1)
+        .on_conflict_do_update(index_elements=[SyncClock.organization_id], set_={"version": SyncClock.version + 1})
+        .returning(SyncClock.version)
+    )
+    return int(session.execute(stmt).scalar_one())
+
+
+def _stamp(session: Session, table: Table, organization_id: uuid.UUID, version: int, *where: Any) -> None:
+    values: dict[str, Any] = {"server_version": version}
+    if "updated_at" in table.c:
+        values["updated_at"] = table.c.updated_at  # publishing is not an edit
+    session.execute(
+        update(table).where(table.c.organization_id == organization_id, *where).values(values),
+        execution_options={"synchronize_session": False},
+    )
+
+
+@event.listens_for(Session, "before_commit")
+def _publish(session: Session) -> None:
+    if not session.info.get(WRITTEN):
+        return
+    session.flush()  # anything still pending is part of this transaction
+    written = session.info.pop(WRITTEN)
+    reassigned: list[Lead] = session.info.pop(_REASSIGNED, [])
+    versions: dict[uuid.UUID, int] = {}
+    for organization_id in sorted(written):  # a fixed order: two tenants' clocks never deadlock
+        version = versions[organization_id] = _bump_clock(session, organization_id)
+        for table in written[organization_id]:
+            _stamp(session, table, organization_id, version, table.c.server_version.is_(None))
+    for lead in reassigned:
+        version = versions[lead.organization_id]
+        for child in _CHILDREN:
+            _stamp(session, child, lead.organization_id, version, child.c.lead_id == lead.id)
+        if lead.account_id is not None:
+            _stamp(session, _ACCOUNTS, lead.organization_id, version, _ACCOUNTS.c.id == lead.account_id)
+            _stamp(session, _CONTACTS, lead.organization_id, version, _CONTACTS.c.account_id == lead.account_id)
+    session.info["canvass.sync.published"] = versions
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: Any) -> None:
+    # Only the outermost transaction: a savepoint rolled back inside a push must
+    # not forget what the push's other mutations wrote.
+    if transaction.parent is not None or transaction.nested:
+        return
+    session.info.pop(WRITTEN, None)
+    session.info.pop(_REASSIGNED, None)
+
+
+def published_version(session: Any, organization_id: uuid.UUID) -> int | None:
+    """The server version the last commit of this session published, if any."""
+    versions: dict[uuid.UUID, int] = session.info.get("canvass.sync.published", {})
+    return versions.get(organization_id)

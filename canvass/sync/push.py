@@ -1,0 +1,352 @@
+"""Push: apply a device's queued mutations exactly once, in seq order, through
+the pipeline services the REST API calls (PROTOCOL.md, "Push").
+
+One push is one transaction. Each mutation runs in a savepoint: a mutation a
+rule refuses rolls back only its own work and is answered ``rejected``; its seq
+is still consumed, so one bad intent never blocks the outbox behind it. The
+receipts are stored in the same transaction as the effects, so a push repeated
+after a lost reply is answered from them and applies nothing twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from canvass.db import utcnow
+from canvass.errors import BatchTooLarge, CanvassError, InvalidValue, NotFound, SeqGap
+from canvass.pipeline.models import Lead
+from canvass.pipeline.schemas import (
+    AccountCreate,
+    ActivityComplete,
+    ActivityCreate,
+    CheckIn,
+    ContactCreate,
+    LeadCreate,
+    ObjectionCreate,
+    ObjectionUpdate,
+    OutcomeRecord,
+    StageMove,
+)
+from canvass.pipeline.scope import Actor
+from canvass.pipeline.services import accounts, activities, leads
+from canvass.pipeline.vocabulary import LeadStatus
+from canvass.sync import feed
+from canvass.sync.devices import own_device
+from canvass.sync.hlc import ClockDrift, Timestamp
+from canvass.sync.merge import EDITS, Editable, Policy, find_deleted, jsonable, merge_edit, new_conflict, record_owner
+from canvass.sync.models import SyncReceipt
+from canvass.sync.wire import (
+    MAX_MUTATIONS_PER_PUSH,
+    Mutation,
+    MutationName,
+    PushRequest,
+    PushResponse,
+    Receipt,
+    ReceiptStatus,
+)
+
+Handler = Callable[[AsyncSession, Actor, Mutation], Awaitable[Receipt]]
+
+
+class _Target(msgspec.Struct, forbid_unknown_fields=True):
+    id: uuid.UUID
+
+
+class _Edit(msgspec.Struct, forbid_unknown_fields=True):
+    id: uuid.UUID
+    fields: dict[str, Any]
+
+
+def _split(args: dict[str, Any], key: str = "id") -> tuple[uuid.UUID, dict[str, Any]]:
+    """The record a mutation names, and the rest of its arguments."""
+    rest = dict(args)
+    if key not in rest:
+        raise msgspec.ValidationError(f"Object missing required field `{key}`")
+    return msgspec.convert(rest.pop(key), uuid.UUID), rest
+
+
+def _applied(m: Mutation) -> Receipt:
+    return Receipt(seq=m.seq, status=ReceiptStatus.APPLIED)
+
+
+def _already(m: Mutation, *fields: str) -> Receipt:
+    """The server already is where the device wanted it: nothing to change."""
+    return Receipt(seq=m.seq, status=ReceiptStatus.MERGED, fields=list(fields))
+
+
+# ---------------------------------------------------------------- records
+
+
+def _create(create: Callable[[AsyncSession, Actor, Any], Awaitable[Any]], struct: type[msgspec.Struct]) -> Handler:
+    async def handle(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+        data = msgspec.convert(m.args, struct)
+        if getattr(data, "id", None) is None:
+            raise InvalidValue("A record created offline carries the id the device made (UUIDv7).", field="args.id")
+        await create(session, actor, data)
+        return _applied(m)
+
+    return handle
+
+
+def _edit(entity: str) -> Handler:
+    spec = EDITS[entity]
+
+    async def handle(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+        edit = msgspec.convert(m.args, _Edit)
+        return await merge_edit(session, actor, m, spec, edit.id, edit.fields)
+
+    return handle
+
+
+def _delete(entity: str) -> Handler:
+    spec = EDITS[entity]
+
+    async def handle(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+        target = msgspec.convert(m.args, _Target)
+        try:
+            record: Editable = await spec.get(session, actor, target.id)
+        except NotFound:
+            if await find_deleted(session, actor, spec.model, target.id) is not None:
+                return _already(m, "deleted_at")
+            raise
+        base = m.base.get(f"{entity}:{target.id}")
+        edited_since = sorted(
+            name
+            for name, last in (record.field_versions or {}).items()
+            if base is not None and last[0] > base and (len(last) < 3 or last[2] != actor.device_id)
+        )
+        if edited_since:
+            # Deleting what someone else just edited would lose their edit
+            # silently: a person decides.
+            conflict = new_conflict(
+                actor,
+                m,
+                entity=entity,
+                record_id=target.id,
+                owner_id=await record_owner(session, record),
+                field=None,
+                policy=Policy.EDIT_VS_DELETE,
+                server_value={name: jsonable(getattr(record, name)) for name in edited_since},
+                device_value={"deleted": True},
+                server_hlc=max(str(record.field_versions[n][1]) for n in edited_since),
+            )
+            session.add(conflict)
+            await session.flush()
+            return Receipt(seq=m.seq, status=ReceiptStatus.CONFLICT, fields=edited_since, conflict_id=conflict.id)
+        await spec.delete(session, actor, target.id)
+        return _applied(m)
+
+    return handle
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+async def _lead_or_conflict(session: AsyncSession, actor: Actor, m: Mutation, lead_id: uuid.UUID) -> Lead | Receipt:
+    """The lead a pipeline change applies to — re-read now, whatever the device
+    saw — or the conflict that a change of a deleted lead is."""
+    try:
+        return await leads.get_lead(session, actor, lead_id, for_update=True)
+    except NotFound:
+        deleted = await find_deleted(session, actor, Lead, lead_id)
+        if deleted is None:
+            raise
+        conflict = new_conflict(
+            actor,
+            m,
+            entity="lead",
+            record_id=lead_id,
+            owner_id=await record_owner(session, deleted),
+            field=None,
+            policy=Policy.EDIT_VS_DELETE,
+            server_value={"deleted_at": jsonable(deleted.deleted_at)},
+            device_value={"mutation": m.name.value, **m.args},
+            server_hlc=None,
+        )
+        session.add(conflict)
+        await session.flush()
+        return Receipt(seq=m.seq, status=ReceiptStatus.CONFLICT, conflict_id=conflict.id)
+
+
+async def _move_stage(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+    lead_id, rest = _split(m.args)
+    move = msgspec.convert(rest, StageMove)
+    lead = await _lead_or_conflict(session, actor, m, lead_id)
+    if isinstance(lead, Receipt):
+        return lead
+    if lead.stage == move.to_stage.value and lead.status == LeadStatus.OPEN.value:
+        return _already(m, "stage")  # someone moved it there meanwhile
+    # Judged against the lead as it is now, by the same rules as online.
+    await leads.move_stage(session, actor, lead_id, move)
+    return _applied(m)
+
+
+async def _record_outcome(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+    lead_id, rest = _split(m.args)
+    record = msgspec.convert(rest, OutcomeRecord)
+    lead = await _lead_or_conflict(session, actor, m, lead_id)
+    if isinstance(lead, Receipt):
+        return lead
+    if lead.status == record.outcome.value:
+        return _already(m, "status")
+    await leads.record_outcome(session, actor, lead_id, record)
+    return _applied(m)
+
+
+async def _activity_step(
+    session: AsyncSession, actor: Actor, m: Mutation, struct: type[msgspec.Struct], step: Any
+) -> Receipt:
+    activity_id, rest = _split(m.args)
+    await step(session, actor, activity_id, msgspec.convert(rest, struct))
+    return _applied(m)
+
+
+async def _add_objection(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+    lead_id, rest = _split(m.args, "lead_id")
+    data = msgspec.convert(rest, ObjectionCreate)
+    if data.id is None:
+        raise InvalidValue("A record created offline carries the id the device made (UUIDv7).", field="args.id")
+    await activities.add_objection(session, actor, lead_id, data)
+    return _applied(m)
+
+
+async def _update_objection(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+    edit = msgspec.convert(m.args, _Edit)
+    await activities.update_objection(session, actor, edit.id, msgspec.convert(edit.fields, ObjectionUpdate))
+    return _applied(m)
+
+
+HANDLERS: dict[MutationName, Handler] = {
+    MutationName.ACCOUNT_CREATE: _create(accounts.create_account, AccountCreate),
+    MutationName.ACCOUNT_UPDATE: _edit("account"),
+    MutationName.ACCOUNT_DELETE: _delete("account"),
+    MutationName.CONTACT_CREATE: _create(accounts.create_contact, ContactCreate),
+    MutationName.CONTACT_UPDATE: _edit("contact"),
+    MutationName.CONTACT_DELETE: _delete("contact"),
+    MutationName.LEAD_CREATE: _create(leads.create_lead, LeadCreate),
+    MutationName.LEAD_UPDATE: _edit("lead"),
+    MutationName.LEAD_DELETE: _delete("lead"),
+    MutationName.LEAD_MOVE_STAGE: _move_stage,
+    MutationName.LEAD_RECORD_OUTCOME: _record_outcome,
+    MutationName.ACTIVITY_LOG: _create(activities.log_activity, ActivityCreate),
+    MutationName.ACTIVITY_CHECK_IN: lambda s, a, m: _activity_step(s, a, m, CheckIn, activities.check_in),
+    MutationName.ACTIVITY_CHECK_OUT: lambda s, a, m: _activity_step(s, a, m, CheckIn, activities.check_out),
+    MutationName.ACTIVITY_COMPLETE: lambda s, a, m: _activity_step(
+        s, a, m, ActivityComplete, activities.complete_activity
+    ),
+    MutationName.OBJECTION_ADD: _add_objection,
+    MutationName.OBJECTION_UPDATE: _update_objection,
+}
+
+
+# ---------------------------------------------------------------- the push
+
+
+def _rejected(m: Mutation, rule: str, message: str) -> Receipt:
+    return Receipt(seq=m.seq, status=ReceiptStatus.REJECTED, rule=rule, message=message)
+
+
+async def apply_mutation(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
+    """Apply one mutation in its own savepoint; a refusal becomes its receipt."""
+    try:
+        feed.server_clock.receive(Timestamp.decode(m.hlc))
+    except ClockDrift as exc:
+        return _rejected(m, "hlc.drift", f"The device clock is too far ahead: {exc}. Fix the device's time.")
+    session.info[feed.HLC] = m.hlc
+    try:
+        async with session.begin_nested():
+            return await HANDLERS[m.name](session, actor, m)
+    except CanvassError as exc:
+        field = exc.extra.get("field")
+        message = f"{exc.detail} (field `{field}`)" if field else exc.detail
+        return _rejected(m, getattr(exc, "rule", None) or exc.code, message)
+    except msgspec.ValidationError as exc:
+        return _rejected(m, "args.invalid", f"Invalid arguments for {m.name.value}: {exc}")
+    except IntegrityError:
+        return _rejected(m, "integrity", "The change conflicts with existing data (a duplicate id or a missing record).")
+    finally:
+        session.info.pop(feed.HLC, None)
+
+
+def _check_order(mutations: Sequence[Mutation]) -> None:
+    for i in range(1, len(mutations)):
+        if mutations[i].seq != mutations[i - 1].seq + 1:
+            raise InvalidValue(
+                f"Mutations must be in seq order without holes: seq {mutations[i].seq} follows {mutations[i - 1].seq}.",
+                field=f"mutations[{i}].seq",
+            )
+
+
+async def push(session: AsyncSession, actor: Actor, request: PushRequest) -> PushResponse:
+    if len(request.mutations) > MAX_MUTATIONS_PER_PUSH:
+        raise BatchTooLarge(
+            f"At most {MAX_MUTATIONS_PER_PUSH} mutations per push; send the rest in the next one.",
+            field="mutations",
+        )
+    _check_order(request.mutations)
+    device = await own_device(session, actor, request.device_id, for_update=True)
+    last = device.last_applied_seq
+    seen = [m for m in request.mutations if m.seq <= last]
+    fresh = [m for m in request.mutations if m.seq > last]
+    if fresh and fresh[0].seq != last + 1:
+        raise SeqGap(
+            f"This device's last applied mutation is seq {last}; the push starts at {fresh[0].seq}. "
+            f"Resend from seq {last + 1}.",
+            expected_seq=last + 1,
+            field="mutations[0].seq",
+        )
+    receipts = await _stored_receipts(session, actor, device.device_id, seen)
+    if fresh:
+        device_actor = msgspec.structs.replace(actor, device_id=device.device_id)
+        session.info[feed.DEVICE] = device.device_id
+        try:
+            new = [await apply_mutation(session, device_actor, m) for m in fresh]
+        finally:
+            session.info.pop(feed.DEVICE, None)
+        now = utcnow()
+        await session.execute(
+            insert(SyncReceipt),
+            [
+                {
+                    "organization_id": actor.organization_id,
+                    "device_id": device.device_id,
+                    "seq": r.seq,
+                    "receipt": msgspec.json.encode(r),
+                    "applied_at": now,
+                }
+                for r in new
+            ],
+        )
+        receipts.extend(new)
+        device.last_applied_seq = fresh[-1].seq
+    device.last_push_at = utcnow()
+    if request.oldest_pending_age_s is not None:
+        device.oldest_pending_age_s = request.oldest_pending_age_s
+    await session.flush()
+    return PushResponse(device_id=device.device_id, last_applied_seq=device.last_applied_seq, receipts=receipts)
+
+
+async def _stored_receipts(
+    session: AsyncSession, actor: Actor, device_id: str, seen: Sequence[Mutation]
+) -> list[Receipt]:
+    """Receipts of mutations applied by an earlier push (a retry after a lost reply)."""
+    if not seen:
+        return []
+    rows = await session.scalars(
+        select(SyncReceipt.receipt)
+        .where(
+            SyncReceipt.organization_id == actor.organization_id,
+            SyncReceipt.device_id == device_id,
+            SyncReceipt.seq >= seen[0].seq,
+            SyncReceipt.seq <= seen[-1].seq,
+        )
+        .order_by(SyncReceipt.seq)
+    )
+    return [msgspec.json.decode(raw, type=Receipt) for raw in rows]
