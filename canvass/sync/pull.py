@@ -11,6 +11,7 @@ server_version, id)`` index, so a pull costs what changed, not what exists.
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,9 @@ from canvass.sync.conflicts import conflict_out
 from canvass.sync.devices import own_device
 from canvass.sync.models import SyncClock, SyncConflict, SyncDeparture
 from canvass.sync.wire import Change, Entity, PullResponse, Removal, RemovalReason
+
+
+PULL_STAMP_EVERY = dt.timedelta(seconds=60)
 
 
 def _lead_visible(actor: Actor, lead_id: Any) -> ColumnElement[bool]:
@@ -196,8 +200,12 @@ async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str,
             data = msgspec.to_builtins(kind.out(row, config))
             changes.append(Change(entity=kind.entity, id=row.id, server_version=position.version, data=data))
     next_position = page[-1][0] if has_more else Position(upto)
-    device.last_pull_at = utcnow()
-    await session.flush()
+    now = utcnow()
+    if device.last_pull_at is None or now - device.last_pull_at > PULL_STAMP_EVERY:
+        # Freshness to the minute is plenty; a pull that writes every time
+        # would queue behind every push on SQLite's single writer.
+        device.last_pull_at = now
+        await session.flush()
     return PullResponse(
         changes=changes,
         removals=removals,

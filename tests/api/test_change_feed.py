@@ -1,0 +1,102 @@
+"""The change feed hands out server versions in commit order, so a device's
+cursor never skips a change (PROTOCOL.md, "Change feed")."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar.testing import TestClient
+from sqlalchemy import select
+
+from canvass.pipeline.models import Lead
+from canvass.pipeline.schemas import LeadUpdate
+from canvass.pipeline.scope import Actor
+from canvass.pipeline.services import leads
+from canvass.pipeline.vocabulary import Role
+from canvass.sync.pull import pull
+from tests.api.test_sync_api import RawDevice
+from tests.conftest import Tenant, create_lead, run
+
+
+def _actor(tenant: Tenant) -> Actor:
+    rep = tenant.rep_a
+    return Actor(organization_id=tenant.organization_id, user_id=rep.id, role=Role.REP, team_path=rep.team_path)
+
+
+async def _overlapping_writers(
+    sessionmaker: Any, actor: Actor, first: uuid.UUID, second: uuid.UUID, dialect: str
+) -> dict[str, int]:
+    """Writer A starts first and commits last; writer B starts later and commits first."""
+    versions: dict[str, int] = {}
+    async with sessionmaker() as a:
+        await leads.update_lead(a, actor, first, LeadUpdate(next_step="A"))
+        if dialect == "postgresql":
+            # B runs while A is open: under a sequence A would hold the smaller number.
+            async with sessionmaker() as b:
+                await leads.update_lead(b, actor, second, LeadUpdate(next_step="B"))
+                await b.commit()
+        await a.commit()
+    if dialect != "postgresql":
+        # SQLite has one writer at a time (BEGIN IMMEDIATE): B can only follow A.
+        async with sessionmaker() as b:
+            await leads.update_lead(b, actor, second, LeadUpdate(next_step="B"))
+            await b.commit()
+    async with sessionmaker() as s:
+        rows = await s.execute(select(Lead.id, Lead.server_version).where(Lead.id.in_([first, second])))
+        for lead_id, version in rows:
+            versions["A" if lead_id == first else "B"] = version
+    return versions
+
+
+def test_versions_follow_commit_order_and_a_cursor_never_skips(
+    client: TestClient[Any], tenant: Tenant, database_url: str
+) -> None:
+    device = RawDevice(client, tenant.rep_a)
+    first = create_lead(client, tenant.rep_a, title="A")
+    second = create_lead(client, tenant.rep_a, title="B")
+    device.pull_all()
+    dialect = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    versions = run(
+        client,
+        _overlapping_writers,
+        client.app.state.sessionmaker,
+        _actor(tenant),
+        uuid.UUID(first["id"]),
+        uuid.UUID(second["id"]),
+        dialect,
+    )
+    if dialect == "postgresql":
+        assert versions["B"] < versions["A"]  # B committed first, so B has the smaller version
+    else:
+        assert versions["A"] < versions["B"]
+    records, _ = device.pull_all()
+    assert {records[("lead", first["id"])]["next_step"], records[("lead", second["id"])]["next_step"]} == {"A", "B"}
+
+
+async def _pull_between(sessionmaker: Any, actor: Actor, lead_id: uuid.UUID, pull: Any) -> Any:
+    """A device pulls while a writer has written but not committed."""
+    async with sessionmaker() as writer:
+        await leads.update_lead(writer, actor, lead_id, LeadUpdate(next_step="late"))
+        seen = await pull()
+        await writer.commit()
+    return seen
+
+
+def test_an_uncommitted_write_is_not_skipped_by_a_pull_in_between(client: TestClient[Any], tenant: Tenant) -> None:
+    device = RawDevice(client, tenant.rep_a)
+    lead = create_lead(client, tenant.rep_a)
+    device.pull_all()
+    before = device.cursor
+
+    async def pull_on_read_engine() -> str:
+        async with client.app.state.read_sessionmaker() as reader:
+            page = await pull(reader, _actor(tenant), device.device_id, before, 100)
+        return page.cursor
+
+    cursor_during = run(
+        client, _pull_between, client.app.state.sessionmaker, _actor(tenant), uuid.UUID(lead["id"]), pull_on_read_engine
+    )
+    device.cursor = cursor_during
+    records, _ = device.pull_all()
+    assert records[("lead", lead["id"])]["next_step"] == "late"
