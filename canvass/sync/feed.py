@@ -18,7 +18,7 @@ import os
 import uuid
 from typing import Any
 
-from sqlalchemy import Table, event, inspect, update
+from sqlalchemy import Table, event, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -105,26 +105,44 @@ _ACCOUNTS: Table = Account.__table__  # type: ignore[assignment]
 _CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
 
 
-def _bump_clock(session: Session, organization_id: uuid.UUID) -> int:
-    dialect = session.get_bind().dialect.name
+def _clock_tick(dialect: str, organization_id: uuid.UUID) -> Any:
+    """Advance the tenant's clock (creating it on the first write) and return it."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
+    return (
         insert(SyncClock)
         .values(organization_id=organization_id, version=1)
         .on_conflict_do_update(index_elements=[SyncClock.organization_id], set_={"version": SyncClock.version + 1})
         .returning(SyncClock.version)
     )
-    return int(session.execute(stmt).scalar_one())
 
 
-def _stamp(session: Session, table: Table, organization_id: uuid.UUID, version: int, *where: Any) -> None:
+def _stamp(table: Table, organization_id: uuid.UUID, version: Any, where: Any) -> Any:
     values: dict[str, Any] = {"server_version": version}
     if "updated_at" in table.c:
         values["updated_at"] = table.c.updated_at  # publishing is not an edit
-    session.execute(
-        update(table).where(table.c.organization_id == organization_id, *where).values(values),
-        execution_options={"synchronize_session": False},
-    )
+    return update(table).where(table.c.organization_id == organization_id, where).values(values)
+
+
+def _publish_tenant(session: Session, organization_id: uuid.UUID, stamps: list[tuple[Table, Any]]) -> int:
+    dialect = session.get_bind().dialect.name
+    tick = _clock_tick(dialect, organization_id)
+    if dialect == "postgresql":
+        # One round trip: the clock and every stamp in one statement (the
+        # data-modifying CTEs share the transaction's view of its own writes).
+        clock = tick.cte("clock")
+        version = select(clock.c.version).scalar_subquery()
+        stmt = select(clock.c.version).add_cte(
+            *(
+                _stamp(table, organization_id, version, where).cte(f"stamp_{i}")
+                for i, (table, where) in enumerate(stamps)
+            )
+        )
+        return int(session.execute(stmt).scalar_one())
+    # SQLite runs in-process: separate statements cost no round trips.
+    number = int(session.execute(tick).scalar_one())
+    for table, where in stamps:
+        session.execute(_stamp(table, organization_id, number, where), execution_options={"synchronize_session": False})
+    return number
 
 
 @event.listens_for(Session, "before_commit")
@@ -132,20 +150,19 @@ def _publish(session: Session) -> None:
     if not session.info.get(WRITTEN):
         return
     session.flush()  # anything still pending is part of this transaction
-    written = session.info.pop(WRITTEN)
+    written: dict[uuid.UUID, set[Table]] = session.info.pop(WRITTEN)
     reassigned: list[Lead] = session.info.pop(_REASSIGNED, [])
     versions: dict[uuid.UUID, int] = {}
     for organization_id in sorted(written):  # a fixed order: two tenants' clocks never deadlock
-        version = versions[organization_id] = _bump_clock(session, organization_id)
-        for table in written[organization_id]:
-            _stamp(session, table, organization_id, version, table.c.server_version.is_(None))
-    for lead in reassigned:
-        version = versions[lead.organization_id]
-        for child in _CHILDREN:
-            _stamp(session, child, lead.organization_id, version, child.c.lead_id == lead.id)
-        if lead.account_id is not None:
-            _stamp(session, _ACCOUNTS, lead.organization_id, version, _ACCOUNTS.c.id == lead.account_id)
-            _stamp(session, _CONTACTS, lead.organization_id, version, _CONTACTS.c.account_id == lead.account_id)
+        stamps: list[tuple[Table, Any]] = [(t, t.c.server_version.is_(None)) for t in written[organization_id]]
+        for lead in reassigned:
+            if lead.organization_id != organization_id:
+                continue
+            stamps.extend((child, child.c.lead_id == lead.id) for child in _CHILDREN)
+            if lead.account_id is not None:
+                stamps.append((_ACCOUNTS, _ACCOUNTS.c.id == lead.account_id))
+                stamps.append((_CONTACTS, _CONTACTS.c.account_id == lead.account_id))
+        versions[organization_id] = _publish_tenant(session, organization_id, stamps)
     session.info["canvass.sync.published"] = versions
 
 

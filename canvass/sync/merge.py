@@ -190,12 +190,15 @@ EDITS = {
 
 
 async def merge_edit(
-    session: AsyncSession, actor: Actor, mutation: Mutation, spec: EditSpec, record_id: uuid.UUID, fields: dict[str, Any]
+    session: AsyncSession,
+    actor: Actor,
+    mutation: Mutation,
+    spec: EditSpec,
+    record_id: uuid.UUID,
+    fields: dict[str, Any],
 ) -> Receipt:
     patch = msgspec.convert(fields, spec.patch_type)  # every value valid before anything is decided
-    given = {
-        name: value for name in patch.__struct_fields__ if (value := getattr(patch, name)) is not msgspec.UNSET
-    }
+    given = {name: value for name in patch.__struct_fields__ if (value := getattr(patch, name)) is not msgspec.UNSET}
     try:
         record: Editable = await spec.get(session, actor, record_id)
     except NotFound:

@@ -34,7 +34,6 @@ from canvass.sync.devices import own_device
 from canvass.sync.models import SyncClock, SyncConflict, SyncDeparture
 from canvass.sync.wire import Change, Entity, PullResponse, Removal, RemovalReason
 
-
 PULL_STAMP_EVERY = dt.timedelta(seconds=60)
 
 
@@ -74,7 +73,9 @@ KINDS: tuple[_Kind, ...] = (
         1,
         Entity.CONTACT,
         Contact.__table__,  # type: ignore[arg-type]
-        lambda a: Contact.account_id.in_(select(Account.id).where(Account.organization_id == a.organization_id, _account_visible(a))),
+        lambda a: Contact.account_id.in_(
+            select(Account.id).where(Account.organization_id == a.organization_id, _account_visible(a))
+        ),
         _convert(ContactOut),
     ),
     _Kind(2, Entity.LEAD, Lead.__table__, lambda a: visible_owner(a, Lead.owner_id), to_lead_out),  # type: ignore[arg-type]
@@ -146,9 +147,13 @@ def _after(kind: _Kind, cursor: Position) -> ColumnElement[bool]:
 async def _still_visible(session: AsyncSession, actor: Actor, entity: str, record_id: uuid.UUID) -> bool:
     if entity == Entity.LEAD:
         predicate = and_(Lead.id == record_id, Lead.deleted_at.is_(None), visible_owner(actor, Lead.owner_id))
-        return bool(await session.scalar(select(exists().where(Lead.organization_id == actor.organization_id, predicate))))
+        return bool(
+            await session.scalar(select(exists().where(Lead.organization_id == actor.organization_id, predicate)))
+        )
     predicate = and_(Account.id == record_id, Account.deleted_at.is_(None), _account_visible(actor))
-    return bool(await session.scalar(select(exists().where(Account.organization_id == actor.organization_id, predicate))))
+    return bool(
+        await session.scalar(select(exists().where(Account.organization_id == actor.organization_id, predicate)))
+    )
 
 
 async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str, limit: int) -> PullResponse:

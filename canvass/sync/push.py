@@ -270,7 +270,9 @@ async def apply_mutation(session: AsyncSession, actor: Actor, m: Mutation) -> Re
     except msgspec.ValidationError as exc:
         return _rejected(m, "args.invalid", f"Invalid arguments for {m.name.value}: {exc}")
     except IntegrityError:
-        return _rejected(m, "integrity", "The change conflicts with existing data (a duplicate id or a missing record).")
+        return _rejected(
+            m, "integrity", "The change conflicts with existing data (a duplicate id or a missing record)."
+        )
     finally:
         session.info.pop(feed.HLC, None)
 

@@ -83,9 +83,7 @@ class PushRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     device_id: DeviceId
     # At most MAX_MUTATIONS_PER_PUSH: more is refused with 413 (checked by the
     # server, so the refusal says what to do rather than failing validation).
-    mutations: Annotated[
-        list[Mutation], Meta(description=f"In seq order; at most {MAX_MUTATIONS_PER_PUSH} per push.")
-    ]
+    mutations: Annotated[list[Mutation], Meta(description=f"In seq order; at most {MAX_MUTATIONS_PER_PUSH} per push.")]
     # Age in seconds of the oldest mutation still in the device's outbox
     # (including this push): how stale the server's picture of this rep may be.
     oldest_pending_age_s: Annotated[int, Meta(ge=0)] | None = None
