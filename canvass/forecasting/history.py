@@ -15,7 +15,7 @@ after ``T`` does not exist yet.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -83,8 +83,7 @@ class LeadHistory:
     stage_to: np.ndarray
     amount_start: np.ndarray  # per lead, index of its first amount record (derived)
     stage_start: np.ndarray  # per lead, index of its first stage change (derived)
-    amount_key: np.ndarray  # (lead, day) packed in one sorted int64, for lookups of a few leads (derived)
-    stage_key: np.ndarray
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # derived arrays computed once
 
     @property
     def n_leads(self) -> int:
@@ -124,8 +123,9 @@ class LeadHistory:
         a_lead = np.asarray(amount_lead, dtype=np.int64)
         a_day = _days(amount_day)
         a_val = np.asarray(amount, dtype=np.float64)
-        order = np.lexsort((a_day, a_lead))
-        a_lead, a_day, a_val = a_lead[order], a_day[order], a_val[order]
+        if not _sorted_by_lead_day(a_lead, a_day):
+            order = np.lexsort((a_day, a_lead))
+            a_lead, a_day, a_val = a_lead[order], a_day[order], a_val[order]
 
         if stage_lead is None or stage_day is None or stage_to is None:
             s_lead = np.zeros(0, np.int64)
@@ -143,8 +143,10 @@ class LeadHistory:
             s_lead = np.concatenate([s_lead, need])
             s_day = np.concatenate([s_day, created_d[need]])
             s_to = np.concatenate([s_to, np.full(need.size, PROSPECTING, np.int8)])
-        order = np.lexsort((np.arange(s_lead.size), s_day, s_lead))
-        s_lead = s_lead[order]
+        # Stable: changes of one lead on one day keep the caller's order (the last is the day's stage).
+        if not _sorted_by_lead_day(s_lead, s_day):
+            order = np.lexsort((np.arange(s_lead.size), s_day, s_lead))
+            s_lead, s_day, s_to = s_lead[order], s_day[order], s_to[order]
         leads = np.arange(n)
         return cls(
             created=created_d,
@@ -155,12 +157,10 @@ class LeadHistory:
             amount_day=a_day,
             amount=a_val,
             stage_lead=s_lead,
-            stage_day=s_day[order],
-            stage_to=s_to[order],
+            stage_day=s_day,
+            stage_to=s_to,
             amount_start=np.searchsorted(a_lead, leads),
             stage_start=np.searchsorted(s_lead, leads),
-            amount_key=_pack(a_lead, a_day),
-            stage_key=_pack(s_lead, s_day[order]),
         )
 
     # -- what was knowable at a day -------------------------------------------------
@@ -183,20 +183,26 @@ class LeadHistory:
         out[has] = self.amount[idx[has]]
         return out
 
-    def amount_of(self, leads: np.ndarray, cutoff: int) -> np.ndarray:
-        """``amount_before(cutoff)[leads]`` in O(len(leads) · log records): for a subset of leads."""
-        idx = _last_before(self.amount_key, self.amount_lead, leads, cutoff)
+    def amount_of(self, leads: np.ndarray, cutoff: np.ndarray | int) -> np.ndarray:
+        """``amount_before(cutoff)[leads]`` in O(len(leads) · records per lead): for a subset of leads
+        (``cutoff``: a day, or one day per lead of the subset)."""
+        idx = _last_before(self.amount_day, self.amount_start, leads, cutoff)
         return np.where(idx >= 0, self.amount[np.maximum(idx, 0)] if self.amount.size else 0.0, 0.0)
 
-    def stage_of(self, leads: np.ndarray, cutoff: int) -> np.ndarray:
+    def stage_of(self, leads: np.ndarray, cutoff: np.ndarray | int) -> np.ndarray:
         """``stage_before(cutoff)[leads]`` for a subset of leads, as :meth:`amount_of`."""
-        idx = _last_before(self.stage_key, self.stage_lead, leads, cutoff)
+        idx = _last_before(self.stage_day, self.stage_start, leads, cutoff)
         idx = np.where(idx >= 0, idx, self.stage_start[leads])
         return self.stage_to[np.minimum(idx, self.stage_to.size - 1)].astype(np.int64)
 
     def won_value(self) -> np.ndarray:
-        """Per lead, the amount on record at its close (the revenue of a won lead)."""
-        return self.amount_before(np.where(self.closed >= 0, self.closed + 1, np.iinfo(np.int64).max))
+        """Per lead, the amount on record at its close (the revenue of a won lead). Computed once;
+        do not modify the array."""
+        if "won_value" not in self._cache:
+            self._cache["won_value"] = self.amount_before(
+                np.where(self.closed >= 0, self.closed + 1, np.iinfo(np.int64).max)
+            )
+        return self._cache["won_value"]
 
     def stage_before(self, cutoff: np.ndarray | int) -> np.ndarray:
         """Per lead, the stage index of its latest change before ``cutoff`` (its first stage if none)."""
@@ -219,21 +225,35 @@ def _days(values: np.ndarray, missing: int | None = None) -> np.ndarray:
     return a.astype(np.int64)
 
 
-_SHIFT = np.int64(1) << np.int64(32)
-_OFFSET = np.int64(1) << np.int64(31)
+def _sorted_by_lead_day(lead: np.ndarray, day: np.ndarray) -> bool:
+    """Are records already ordered by (lead, day)? Then sorting them (stably) would change nothing."""
+    if lead.size < 2:
+        return True
+    step = np.diff(lead)
+    return bool(np.all(step >= 0) and np.all((step > 0) | (np.diff(day) >= 0)))
 
 
-def _pack(lead: np.ndarray, day: np.ndarray) -> np.ndarray:
-    return lead.astype(np.int64) * _SHIFT + (day.astype(np.int64) + _OFFSET)
-
-
-def _last_before(keys: np.ndarray, record_lead: np.ndarray, leads: np.ndarray, cutoff: int) -> np.ndarray:
-    """Per lead in ``leads``, the index of its last record dated before ``cutoff``; -1 if none."""
-    if keys.size == 0:
-        return np.full(leads.size, -1, np.int64)
-    pos = np.searchsorted(keys, _pack(np.asarray(leads), np.full(len(leads), cutoff)), side="left") - 1
-    ok = (pos >= 0) & (record_lead[np.maximum(pos, 0)] == leads)
-    return np.where(ok, pos, -1)
+def _last_before(day: np.ndarray, start: np.ndarray, leads: np.ndarray, cutoff: np.ndarray | int) -> np.ndarray:
+    """Per lead in ``leads``, the index of its last record dated before ``cutoff`` (a day, or one per
+    lead in ``leads``); -1 if none. Records are sorted by (lead, day) and ``start`` is each lead's
+    first record, so the records before the cutoff are a prefix of the lead's: step through the
+    prefixes together, k-th records first (a lead has a few records; no search over all of them)."""
+    leads = np.asarray(leads, dtype=np.int64)
+    found = np.full(leads.size, -1, np.int64)
+    if day.size == 0 or leads.size == 0:
+        return found
+    first = start[leads]
+    end = np.append(start, day.size)[leads + 1]
+    cut = np.broadcast_to(np.asarray(cutoff, dtype=np.int64), leads.shape)
+    active = np.arange(leads.size)
+    pos = first
+    while active.size:
+        ok = pos < end[active]
+        ok[ok] = day[pos[ok]] < cut[active[ok]]
+        active, pos = active[ok], pos[ok]
+        found[active] = pos
+        pos = pos + 1
+    return found
 
 
 def _last_index_per_lead(lead: np.ndarray, start: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -101,16 +101,10 @@ def learned_many(
     h_max = max(horizons)
     table = _ExposureTable.build(history, t, h_max)
     inner = _inner_origins(t, table, h_max, cfg)
-    won_value = history.won_value()
-    before_close = history.amount_before(np.where(history.closed >= 0, history.closed, 0))
-    states = {o: _OriginState.at(history, table, o, h_max, cfg, won_value, before_close) for o in {t, *inner}}
-    won = history.status == WON
+    wins = _WinsByDay.of(history)
+    states = {o: _OriginState.at(history, table, o, h_max, cfg, wins) for o in {t, *inner}}
     ref = cfg.shock_reference_days
-    actuals = {
-        (o, h): float(won_value[won & (history.closed >= o) & (history.closed < o + h)].sum())
-        for o in inner
-        for h in {*horizons, ref}
-    }
+    actuals = {(o, h): wins.won_between(o, o + h) for o in inner for h in {*horizons, ref}}
 
     # The recency half-life is chosen by the inner backtest: the one with the smallest log errors.
     best: tuple[float, float, dict[int, _Curve]] | None = None
@@ -350,7 +344,7 @@ class _ExposureTable:
 
         c_idx = np.flatnonzero(closed)
         c_day = history.closed[c_idx]
-        c_stage = history.stage_before(np.where(closed, history.closed, t))[c_idx]
+        c_stage = history.stage_of(c_idx, c_day)
         c_bucket = _AGE_BUCKET[np.minimum(c_day - history.created[c_idx], AGE_CAP)]
         key = (c_stage * N_AGE + c_bucket) * n_days + (c_day - d0)
         won = history.status[c_idx] == WON
@@ -400,23 +394,45 @@ def _interval_counts(
     weight: np.ndarray | None,
 ) -> np.ndarray:
     """(stratum, age bucket, day) count of intervals [start, end] covering each day (days relative
-    to the table start), each interval split at the age-bucket edges it crosses: one bincount pass."""
-    first_b = _AGE_BUCKET[np.minimum(start - created, AGE_CAP)].astype(np.int32)
-    last_b = _AGE_BUCKET[np.minimum(end - created, AGE_CAP)].astype(np.int32)
-    pieces = last_b - first_b + 1
-    row = np.repeat(np.arange(start.size, dtype=np.int32), pieces)
-    offset = np.arange(row.size, dtype=np.int32) - np.repeat((np.cumsum(pieces) - pieces).astype(np.int32), pieces)
-    b = first_b[row] + offset
-    p_created = created[row]
-    p_start = np.maximum(start[row], p_created + _EDGES32[b])
-    p_end = np.minimum(end[row], p_created + _UPPER32[b])
-    base = b * width if stratum is None else (stratum[row] * N_AGE + b) * width
-    size = n_strata * N_AGE * width
-    w = None if weight is None else weight[row]
-    diff = np.bincount(base + p_start, weights=w, minlength=size) - np.bincount(
-        base + p_end + 1, weights=w, minlength=size
+    to the table start; ``created <= start <= end < width - 1``).
+
+    Ages below ``AGE_CAP`` are counted on a (stratum, creation day, age) grid — one difference
+    array along each creation day's age axis, two bincounts for all intervals — and the grid is
+    then folded into (age bucket, day = creation day + age). Ages from ``AGE_CAP`` on are all in the
+    last bucket and are counted by day alone. Linear in the intervals, no per-interval splitting;
+    the grid has strata × days × ``AGE_CAP`` cells."""
+    cap = AGE_CAP
+    strat = np.zeros(start.size, np.int64) if stratum is None else stratum.astype(np.int64)
+    created = created.astype(np.int64)
+    s_age = start.astype(np.int64) - created
+    e_age = end.astype(np.int64) - created
+    out_width = width + cap
+    out = np.zeros(n_strata * N_AGE * out_width)
+
+    # Ages [s_age, min(e_age, cap - 1)] on the grid.
+    g = np.flatnonzero(s_age < cap)
+    stride = cap + 1
+    base = (strat[g] * width + created[g]) * stride
+    size = n_strata * width * stride
+    w = None if weight is None else weight[g]
+    diff = np.bincount(base + s_age[g], weights=w, minlength=size)
+    diff -= np.bincount(base + np.minimum(e_age[g], cap - 1) + 1, weights=w, minlength=size)
+    grid = np.cumsum(diff.reshape(n_strata, width, stride)[:, :, :cap], axis=2)
+    ages = np.arange(cap)
+    cell = (np.arange(n_strata)[:, None, None] * N_AGE + _AGE_BUCKET[ages][None, None, :]) * out_width + (
+        np.arange(width)[None, :, None] + ages[None, None, :]
     )
-    return np.cumsum(diff.reshape(n_strata, N_AGE, width), axis=2)[:, :, : width - 1].astype(np.float64)
+    out += np.bincount(cell.ravel(), weights=grid.ravel().astype(np.float64), minlength=out.size)
+
+    # Ages from cap on: the last bucket, by day.
+    tail = np.flatnonzero(e_age >= cap)
+    t_base = (strat[tail] * N_AGE + N_AGE - 1) * out_width
+    w = None if weight is None else weight[tail]
+    t_start = np.maximum(start[tail].astype(np.int64), created[tail] + cap)
+    t_diff = np.bincount(t_base + t_start, weights=w, minlength=out.size).astype(np.float64)
+    t_diff -= np.bincount(t_base + end[tail].astype(np.int64) + 1, weights=w, minlength=out.size)
+    out += np.cumsum(t_diff.reshape(n_strata, N_AGE, out_width), axis=2).ravel()
+    return out.reshape(n_strata, N_AGE, out_width)[:, :, : width - 1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,11 +554,59 @@ def _paths(win: np.ndarray, loss: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True)
+class _WinsByDay:
+    """Won deals summed by close day: the won value, and for wins with an amount on record before
+    the close day, that amount and the final value. Every origin reads prefixes of these, so a
+    replay costs O(days), not O(leads)."""
+
+    d0: int
+    value: np.ndarray  # won value closed on each day
+    final: np.ndarray  # of wins with an amount before close: the won value
+    before: np.ndarray  # and the amount just before the close day
+    priced: np.ndarray  # how many such wins
+
+    @classmethod
+    def of(cls, history: LeadHistory) -> _WinsByDay:
+        won = np.flatnonzero((history.status == WON) & (history.closed >= 0))
+        if won.size == 0:
+            empty = np.zeros(1)
+            return cls(0, empty, empty, empty, empty)
+        final = history.won_value()[won]
+        before = history.amount_before(history.closed)[won]
+        day = history.closed[won]
+        d0 = int(day.min())
+        rel = day - d0
+        use = before > 0
+        n = int(rel.max()) + 1
+        return cls(
+            d0,
+            np.bincount(rel, weights=final, minlength=n),
+            np.bincount(rel[use], weights=final[use], minlength=n),
+            np.bincount(rel[use], weights=before[use], minlength=n),
+            np.bincount(rel[use], minlength=n).astype(np.float64),
+        )
+
+    def won_between(self, start: int, end: int) -> float:
+        """Won value with close day in [start, end)."""
+        return float(self.value[max(start - self.d0, 0) : max(end - self.d0, 0)].sum())
+
+    def won_ratio(self, origin: int, half_life: float, pseudo_events: float) -> float:
+        """Final value over the amount just before close, of wins closed before ``origin``: recency
+        weighted, shrunk toward 1 by ``pseudo_events`` wins of the mean amount."""
+        k = min(max(origin - self.d0, 0), self.final.size)
+        w = 0.5 ** ((origin - 1 - (self.d0 + np.arange(k))) / half_life)
+        n = float(self.priced[:k].sum())
+        pseudo = pseudo_events * max(float(self.before[:k].sum()) / n if n else 1.0, 1e-9)
+        return float((w @ self.final[:k] + pseudo) / (w @ self.before[:k] + pseudo))
+
+
+@dataclass(frozen=True, slots=True)
 class _OriginState:
     """What was knowable at an origin, reduced to what the hazards need: open deals grouped by
     (stage, age capped), plus the amount of a typical new lead and the won/expected amount ratio."""
 
     open_cell: np.ndarray  # (groups, h) flat (stage, age bucket, calendar cell) of each group on each day
+    open_bucket: np.ndarray  # (groups, h) the age bucket alone
     new_cell: np.ndarray  # (h, h) flat (age bucket, calendar cell) of a lead created on day i, on day j; -1 before
     count: np.ndarray
     amount: np.ndarray
@@ -559,8 +623,7 @@ class _OriginState:
         origin: int,
         h: int,
         cfg: LearnedConfig,
-        final: np.ndarray,
-        before_close: np.ndarray,
+        wins: _WinsByDay,
     ) -> _OriginState:
         idx = np.flatnonzero(history.open_at(origin))
         amount = history.amount_of(idx, origin)
@@ -578,11 +641,7 @@ class _OriginState:
         hi = origin - table.d0
         w = 0.5 ** ((hi - 1 - np.arange(hi)) / hl)
         wsum = max(float(w @ table.entry_count[:hi]), 1e-12)
-        won_before = (history.status == WON) & history.closed_before(origin)
-        use = won_before & (before_close > 0)
-        ww = 0.5 ** ((origin - 1 - history.closed[use]) / hl)
-        pseudo = cfg.pseudo_events * max(float(np.mean(before_close[use])) if use.any() else 1.0, 1e-9)
-        won_ratio = float(((ww * final[use]).sum() + pseudo) / ((ww * before_close[use]).sum() + pseudo))
+        won_ratio = wins.won_ratio(origin, hl, cfg.pseudo_events)
         cal = table.calendar[origin - table.d0 : origin - table.d0 + h]
         steps = np.arange(h)
         g_stage, g_age = groups // (AGE_CAP + 1), groups % (AGE_CAP + 1)
@@ -592,6 +651,7 @@ class _OriginState:
         new_cell = np.where(lag >= 0, _AGE_BUCKET[np.clip(lag, 0, AGE_CAP)] * N_CAL + cal[None, :], -1)
         return cls(
             open_cell=open_cell,
+            open_bucket=bucket,
             new_cell=new_cell,
             count=count_g[groups].astype(np.float64),
             amount=amount_g[groups],
@@ -609,7 +669,7 @@ def _win_paths(state: _OriginState, rates: _Rates) -> tuple[np.ndarray, np.ndarr
     win = rates.win_base[:, :, None] * rates.win_calendar[None, :, :]
     loss = rates.loss_base[:, :, None] * rates.loss_calendar[None, :, :]
     open_path = _paths(win.ravel()[state.open_cell], loss.ravel()[state.open_cell])
-    open_size = rates.size_ratio[(state.open_cell // N_CAL) % N_AGE]
+    open_size = rates.size_ratio[state.open_bucket]
     # Leads created on day i of the window follow the any-stage hazards from age 0 (cell -1: not yet created).
     new_win = np.append((rates.win_marginal[:, None] * rates.win_calendar).ravel(), 0.0)
     new_loss = np.append((rates.loss_marginal[:, None] * rates.loss_calendar).ravel(), 0.0)

@@ -13,7 +13,20 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from sqlalchemy import ColumnElement, Integer, and_, case, cast, distinct, false, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    SmallInteger,
+    and_,
+    case,
+    cast,
+    distinct,
+    false,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.forecasting.history import STATUSES, LeadHistory
@@ -397,52 +410,264 @@ async def lead_history(
     session: AsyncSession, organization_id: uuid.UUID, scope: ColumnElement[bool] | None = None
 ) -> LeadHistory:
     """The tenant's whole lead history as the arrays every forecast method reads:
-    two narrow queries (leads, stage changes), no per-lead objects.
+    two narrow queries (leads, stage changes), no per-row Python objects.
 
     Amounts come from the stage history (each change records the amount at that
     moment), so a backtest at an earlier date sees the amount known then.
-    ``scope`` narrows the leads (e.g. to what a manager sees).
+    ``scope`` narrows the leads (e.g. to what a manager sees); without it, every
+    lead of the tenant that is not deleted.
+
+    The database orders and converts: leads by id, changes by (lead, time, id),
+    stages and statuses as small integers. On PostgreSQL both come through a
+    binary COPY parsed by numpy in chunks; elsewhere in partitions of rows. A
+    lead's position in the id order is its index; its owner's index is the order
+    in which owners first appear there.
     """
-    leads = (
-        await session.execute(
-            select(Lead.id, Lead.owner_id, Lead.created_at, Lead.status, Lead.closed_at)
-            .where(
-                Lead.organization_id == organization_id,
-                Lead.deleted_at.is_(None),
-                *([scope] if scope is not None else []),
-            )
-            .order_by(Lead.id)
+    dialect = session.get_bind().dialect.name
+    narrowed = [scope] if scope is not None else []
+    lead_rows = (
+        select(
+            Lead.id,
+            Lead.owner_id,
+            _day_or_stamp(dialect, Lead.created_at),
+            cast(case(_STATUS_CODE, value=Lead.status, else_=-1), SmallInteger),
+            _day_or_stamp(dialect, Lead.closed_at),
         )
-    ).all()
-    index = {row[0]: i for i, row in enumerate(leads)}
-    owners: dict[uuid.UUID, int] = {}
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    status_code = {name: code for code, name in enumerate(STATUSES)}
-    created = np.array([(r[2] - epoch).days for r in leads], dtype=np.int64)
-    closed = np.array([(r[4] - epoch).days if r[4] is not None else -1 for r in leads], dtype=np.int64)
-    status = np.array([status_code[r[3]] for r in leads], dtype=np.int8)
-    owner = np.array([owners.setdefault(r[1], len(owners)) for r in leads], dtype=np.int32)
-    changes = (
-        await session.execute(
-            select(StageChange.lead_id, StageChange.at, StageChange.to_stage, StageChange.amount)
-            .where(StageChange.organization_id == organization_id)
-            .order_by(StageChange.lead_id, StageChange.at, StageChange.id)
-        )
-    ).all()
-    kept = [c for c in changes if c[0] in index]
-    stage_lead = np.array([index[c[0]] for c in kept], dtype=np.int64)
-    stage_day = np.array([(c[1] - epoch).days for c in kept], dtype=np.int64)
-    stage_to = np.array([STAGE_INDEX[c[2]] for c in kept], dtype=np.int64)
-    priced = [c for c in kept if c[3] is not None]
-    return LeadHistory.from_arrays(
-        created=created,
-        status=status,
-        closed=closed,
-        owner=owner,
-        amount_lead=np.array([index[c[0]] for c in priced], dtype=np.int64),
-        amount_day=np.array([(c[1] - epoch).days for c in priced], dtype=np.int64),
-        amount=np.array([float(c[3] or 0.0) for c in priced], dtype=np.float64),
-        stage_lead=stage_lead,
-        stage_day=stage_day,
-        stage_to=stage_to,
+        .where(Lead.organization_id == organization_id, Lead.deleted_at.is_(None), *narrowed)
+        .order_by(Lead.id)
     )
+    in_scope = (
+        [StageChange.lead_id.in_(select(Lead.id).where(Lead.organization_id == organization_id, *narrowed))]
+        if narrowed
+        else []
+    )
+    change_rows = (
+        select(
+            StageChange.lead_id,
+            _day_or_stamp(dialect, StageChange.at),
+            cast(_stage_index(StageChange.to_stage), SmallInteger),
+            func.coalesce(cast(StageChange.amount, Float), 0.0),
+            StageChange.amount.is_not(None),
+        )
+        .where(StageChange.organization_id == organization_id, *in_scope)
+        .order_by(StageChange.lead_id, StageChange.at, StageChange.id)
+    )
+    if dialect == "postgresql":
+        leads = await _copy_binary(session, lead_rows, _LEAD_FIELDS)
+        changes = await _copy_binary(session, change_rows, _CHANGE_FIELDS, group_key="lead")
+    else:
+        leads = await _fetch_columns(session, lead_rows, _LEAD_FIELDS)
+        changes = await _fetch_columns(session, change_rows, _CHANGE_FIELDS, group_key="lead")
+    return _history_from_columns(leads, changes)
+
+
+# Columns of the two history queries: name, numpy type on PostgreSQL's binary COPY (big-endian), and
+# elsewhere. Timestamps are whole days on the way out (PostgreSQL: µs since 2000-01-01, or ±infinity).
+_LEAD_FIELDS = (("id", "V16", "S32"), ("owner", "V16", "S32"), ("created", ">i8", "i8"),
+                ("status", ">i2", "i2"), ("closed", ">i8", "i8"))  # fmt: skip
+_CHANGE_FIELDS = (("lead", "V16", "S32"), ("day", ">i8", "i8"), ("stage", ">i2", "i2"),
+                  ("amount", ">f8", "f8"), ("priced", "?", "?"))  # fmt: skip
+_STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970-01-01
+_US_PER_DAY = 86_400_000_000
+_NO_STAMP = np.iinfo(np.int64).min  # -infinity
+
+
+def _day_or_stamp(dialect: str, column: Any) -> Any:
+    """PostgreSQL: the timestamp itself (binary COPY sends µs; NULL as -infinity, fixed width);
+    elsewhere: days since 1970-01-01, NULL as -1, from the date part of SQLite's text timestamp
+    (exact: no floating-point time of day)."""
+    if dialect == "postgresql":
+        return func.coalesce(column, literal_column("'-infinity'::timestamptz"))
+    return func.coalesce(cast(func.julianday(func.substr(column, 1, 10)) - 2440587.5, Integer), -1)
+
+
+class _Columns(msgspec.Struct):
+    """Columns of a history query as arrays; with ``group_key``, the key column is kept only
+    where it changes (``keys``), and ``group`` numbers each row's run of equal keys."""
+
+    data: dict[str, np.ndarray]
+    keys: np.ndarray | None = None
+    group: np.ndarray | None = None
+
+
+class _Collector:
+    """Accumulates row chunks into per-column arrays, with the optional run-length key."""
+
+    def __init__(self, fields: tuple[tuple[str, str, str], ...], group_key: str | None) -> None:
+        self.fields = fields
+        self.group_key = group_key
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in fields if name != group_key}
+        self.key_parts: list[np.ndarray] = []
+        self.group_parts: list[np.ndarray] = []
+        self.last_key: Any = None
+        self.groups = 0
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        for name in self.parts:
+            self.parts[name].append(columns[name])
+        if self.group_key is None:
+            return
+        key = columns[self.group_key]
+        if key.size == 0:
+            return
+        new = np.empty(key.size, bool)
+        new[0] = self.last_key is None or key[0] != self.last_key
+        new[1:] = key[1:] != key[:-1]
+        self.key_parts.append(key[new])
+        self.group_parts.append(self.groups - 1 + np.cumsum(new, dtype=np.int64))
+        self.groups += int(new.sum())
+        self.last_key = key[-1]
+
+    def result(self) -> _Columns:
+        data = {
+            name: np.concatenate(parts) if parts else np.zeros(0, np.dtype(native).newbyteorder("="))
+            for (name, _, native), parts in ((f, self.parts[f[0]]) for f in self.fields if f[0] in self.parts)
+        }
+        if self.group_key is None:
+            return _Columns(data)
+        key_type = next(native for name, _, native in self.fields if name == self.group_key)
+        return _Columns(
+            data,
+            keys=np.concatenate(self.key_parts) if self.key_parts else np.zeros(0, key_type),
+            group=np.concatenate(self.group_parts) if self.group_parts else np.zeros(0, np.int64),
+        )
+
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_CHUNK = 8 << 20
+
+
+async def _copy_binary(
+    session: AsyncSession, stmt: Any, fields: tuple[tuple[str, str, str], ...], group_key: str | None = None
+) -> _Columns:
+    """Run a query through PostgreSQL's binary COPY and parse its rows with numpy, chunk by chunk.
+    Every column is fixed-width and never NULL, so each row is one record of a numpy dtype."""
+    connection = await session.connection()
+    compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    processors = getattr(compiled, "_bind_processors", {})
+    args = [
+        processors[name](params[name]) if name in processors else params[name] for name in compiled.positiontup or ()
+    ]
+    layout: list[tuple[str, str]] = [("n", ">i2")]
+    for name, wire, _ in fields:
+        layout += [(f"{name}_size", ">i4"), (name, wire)]
+    row = np.dtype(layout)
+    sizes = {name: np.dtype(wire).itemsize for name, wire, _ in fields}
+    collector = _Collector(fields, group_key)
+    buffer = bytearray()
+    started = False
+
+    def drain() -> None:
+        nonlocal started
+        start = 0
+        if not started:
+            if len(buffer) < 19:
+                return
+            if bytes(buffer[:11]) != _COPY_SIGNATURE:
+                raise RuntimeError("unexpected COPY BINARY header")
+            start = 19 + int.from_bytes(buffer[15:19], "big")
+            started = True
+        count = (len(buffer) - start) // row.itemsize
+        if count == 0:
+            del buffer[:start]
+            return
+        records = np.frombuffer(bytes(buffer[start : start + count * row.itemsize]), dtype=row)
+        del buffer[: start + count * row.itemsize]
+        if np.any(records["n"] != len(fields)) or any(
+            np.any(records[f"{name}_size"] != size) for name, size in sizes.items()
+        ):
+            raise RuntimeError("unexpected column count, size or NULL in COPY BINARY rows")
+        collector.add({name: _native(records[name], native) for name, _, native in fields})
+
+    async def sink(chunk: bytes) -> None:
+        buffer.extend(chunk)
+        if len(buffer) >= _COPY_CHUNK:
+            drain()
+
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    await driver.copy_from_query(compiled.string, *args, output=sink, format="binary")
+    drain()
+    if bytes(buffer) != b"\xff\xff":
+        raise RuntimeError("unexpected end of COPY BINARY data")
+    return collector.result()
+
+
+def _native(column: np.ndarray, native: str) -> np.ndarray:
+    if column.dtype.kind == "V":
+        return column.copy()
+    values = column.astype(column.dtype.newbyteorder("="))
+    if column.dtype.itemsize == 8 and column.dtype.kind == "i":
+        # PostgreSQL timestamps (µs since 2000-01-01) to days since 1970-01-01; -infinity to -1.
+        return np.where(values == _NO_STAMP, -1, (values + _PG_EPOCH_US) // _US_PER_DAY)
+    return values
+
+
+_FETCH_PARTITION = 100_000
+
+
+async def _fetch_columns(
+    session: AsyncSession, stmt: Any, fields: tuple[tuple[str, str, str], ...], group_key: str | None = None
+) -> _Columns:
+    """The same columns from ordinary rows, a partition at a time (SQLite): ids are the hex text
+    SQLAlchemy stores, days are computed by the database."""
+    collector = _Collector(fields, group_key)
+    result = await session.stream(stmt.execution_options(yield_per=_FETCH_PARTITION))
+    async for rows in result.partitions(_FETCH_PARTITION):
+        columns = list(zip(*rows, strict=True))
+        collector.add(
+            {
+                name: np.array([v.hex for v in column] if native.startswith("S") else column, dtype=native)
+                for (name, _, native), column in zip(fields, columns, strict=True)
+            }
+        )
+    return collector.result()
+
+
+def _history_from_columns(leads: _Columns, changes: _Columns) -> LeadHistory:
+    ids = leads.data["id"]
+    n = ids.size
+    # Owners numbered in the order they first appear among the leads (sorted by id).
+    owner_keys, first, inverse = np.unique(_sortable(leads.data["owner"]), return_index=True, return_inverse=True)
+    rank = np.empty(owner_keys.size, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(owner_keys.size)
+    owner = rank[inverse.reshape(-1)].astype(np.int32)
+    status = leads.data["status"].astype(np.int8)
+    if np.any(status < 0):
+        raise ValueError("a lead has a status the forecast does not know")
+    # Each run of changes belongs to one lead; runs and leads are both in id order.
+    assert changes.keys is not None and changes.group is not None
+    run_keys = changes.keys
+    if run_keys.size == n and np.array_equal(_sortable(run_keys), _sortable(ids)):
+        run_lead = np.arange(n, dtype=np.int64)
+    else:  # some leads without changes, or changes of leads outside the scope (deleted)
+        sorted_ids, sorted_runs = _sortable(ids), _sortable(run_keys)
+        pos = np.minimum(np.searchsorted(sorted_ids, sorted_runs), max(n - 1, 0))
+        found = (sorted_ids[pos] == sorted_runs) if n else np.zeros(run_keys.size, bool)
+        run_lead = np.where(found, pos, -1)
+    lead = run_lead[changes.group]
+    kept = lead >= 0
+    stage_to = changes.data["stage"]
+    if np.any(stage_to[kept] < 0):
+        raise ValueError("a stage change has a stage the forecast does not know")
+    priced = kept & changes.data["priced"]
+    day = changes.data["day"]
+    return LeadHistory.from_arrays(
+        created=leads.data["created"],
+        status=status,
+        closed=leads.data["closed"],
+        owner=owner,
+        amount_lead=lead[priced],
+        amount_day=day[priced],
+        amount=changes.data["amount"][priced],
+        stage_lead=lead[kept],
+        stage_day=day[kept],
+        stage_to=stage_to[kept].astype(np.int64),
+    )
+
+
+def _sortable(keys: np.ndarray) -> np.ndarray:
+    """Ids as fixed-width byte strings that sort as the database sorts them (raw bytes or hex text)."""
+    return keys.view(f"S{keys.dtype.itemsize}") if keys.dtype.kind == "V" else keys
