@@ -343,3 +343,27 @@ def test_problem_errors_are_readable(devices: DeviceFactory, tenant: Tenant) -> 
     with pytest.raises(ProblemError) as error:
         phone.api.pull("not-registered-device", "0")
     assert error.value.status == 404 and error.value.detail
+
+
+def test_account_seen_through_a_lead_leaves_with_it(
+    client: TestClient[Any], devices: DeviceFactory, tenant: Tenant
+) -> None:
+    """A rep sees another rep's account and its contacts through a lead in scope;
+    when that lead goes back, they leave the rep's scope and so the replica."""
+    account = create_account(client, tenant.rep_a2, name="Shared Corp")
+    contact = create_contact(client, tenant.rep_a2, account["id"])
+    lead = create_lead(client, tenant.rep_a2, account_id=account["id"], primary_contact_id=contact["id"])
+    phone = devices(tenant.rep_a)
+    phone.sync()
+    assert phone.record("account", account["id"]) is None
+    path = f"/api/v1/leads/{lead['id']}"
+    rest(client, tenant.manager_a, "PATCH", path, json={"owner_id": str(tenant.rep_a.id)})
+    phone.sync()
+    assert phone.record("lead", lead["id"]) is not None
+    assert phone.record("account", account["id"]) is not None  # in scope through the lead
+    assert client.get(f"/api/v1/accounts/{account['id']}", headers=tenant.rep_a.headers).status_code == 200
+    rest(client, tenant.manager_a, "PATCH", path, json={"owner_id": str(tenant.rep_a2.id)})
+    phone.sync()
+    assert phone.record("lead", lead["id"]) is None
+    assert client.get(f"/api/v1/accounts/{account['id']}", headers=tenant.rep_a.headers).status_code == 404
+    assert bootstrap_state(client, tenant.rep_a, phone.replica.path + ".fresh") == replica_state(phone)
