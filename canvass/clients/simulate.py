@@ -240,7 +240,7 @@ def run_simulation(config: SimConfig, echo: Callable[[str], None] = print) -> Si
     receipts: Counter[str] = Counter()
     open_conflicts: set[str] = set()
     for rep in reps:
-        summary.mutations_made += rep.made
+        summary.mutations_made += sum(device.next_seq - 1 for device in rep.clients)
         for report in rep.reports:
             summary.mutations_pushed += report.pushed
             summary.pushes += report.pushes
