@@ -602,7 +602,7 @@ def _summary(name: str, body: Any) -> Any:
     ]
 
 
-def run(db: str, leads: int, repeats: int, keep: bool, url: str | None) -> dict[str, Any]:
+def run(db: str, leads: int, repeats: int, keep: bool, url: str | None, load_only: bool = False) -> dict[str, Any]:
     conditions = machine()
     tmp = Path(tempfile.mkdtemp(prefix="canvass-scale-"))
     name = f"canvass_scale_{uuid.uuid4().hex[:8]}"
@@ -649,6 +649,8 @@ def run(db: str, leads: int, repeats: int, keep: bool, url: str | None) -> dict[
             del tenant
         else:
             who, rep_leads, counts = asyncio.run(_existing(url))
+        if load_only:
+            return {"database": db, "url": url, **counts, "setup": {k: round(v, 1) for k, v in timings.items()}}
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "canvass.cli", "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
@@ -737,6 +739,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed requests per case, after one warm-up")
     parser.add_argument("--keep", action="store_true", help="keep the database (PostgreSQL) and print its URL")
     parser.add_argument("--url", help="measure an already loaded scale database instead of building one")
+    parser.add_argument("--load-only", action="store_true", help="build and keep the database, measure nothing")
     args = parser.parse_args()
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -744,7 +747,10 @@ def main() -> None:
         ["sqlite" if args.url.startswith("sqlite") else "postgresql"] if args.url else ["postgresql", "sqlite"]
     )
     for db in databases:
-        report = run(db, args.leads, args.repeats, args.keep, args.url)
+        report = run(db, args.leads, args.repeats, args.keep or args.load_only, args.url, args.load_only)
+        if args.load_only:
+            print(json.dumps(report), flush=True)
+            continue
         (out / f"forecast_scale_{db}.json").write_text(json.dumps(report, indent=2) + "\n")
         print(table(report), flush=True)
 

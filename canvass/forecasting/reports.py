@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import anyio.to_thread
 import msgspec
-from sqlalchemy import and_, select, true
+from sqlalchemy import ColumnElement, and_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
@@ -39,14 +39,15 @@ async def funnel_report(
     now: dt.datetime | None = None,
 ) -> funnel.FunnelReport:
     now = now or utcnow()
-    flow = await queries.stage_flow(session, actor, cut, period)
-    durations = await queries.stage_durations(session, actor, cut, period)
-    figures = funnel.stage_figures(flow, durations)
-    decided = await queries.outcomes(session, actor, cut, period)
-    open_count, open_amount = await queries.open_pipeline(session, actor, cut)
-    stuck_total, stuck = await queries.stuck_leads(
-        session, actor, cut, funnel.stuck_thresholds(figures, now), limit=STUCK_LIST_LIMIT
-    )
+    async with queries.analytic_settings(session):
+        flow = await queries.stage_flow(session, actor, cut, period)
+        durations = await queries.stage_durations(session, actor, cut, period)
+        figures = funnel.stage_figures(flow, durations)
+        decided = await queries.outcomes(session, actor, cut, period)
+        open_count, open_amount = await queries.open_pipeline(session, actor, cut)
+        stuck_total, stuck = await queries.stuck_leads(
+            session, actor, cut, funnel.stuck_thresholds(figures, now), limit=STUCK_LIST_LIMIT
+        )
     return funnel.build_report(
         period_start=period.start,
         period_end=period.end,
@@ -101,6 +102,12 @@ class RevenueForecast(msgspec.Struct, kw_only=True):
 FORECAST_METHODS = ("learned", "weighted_pipeline", "naive_last_h")
 
 
+def _history_scope(actor: Actor) -> ColumnElement[bool] | None:
+    """The leads whose history a forecast reads: an admin's are the tenant's (no narrowing needed,
+    so the stage changes are read without a join), anyone else's their scope."""
+    return None if actor.is_admin else lead_scope(actor)
+
+
 def _weighted_config(config: PipelineConfig) -> WeightedPipelineConfig:
     return WeightedPipelineConfig(stage_probabilities={s.value: p for s, p in config.probabilities().items()})
 
@@ -110,7 +117,8 @@ async def revenue_forecast(
 ) -> RevenueForecast:
     """Every method's forecast over the leads the actor sees, from their history."""
     as_of = as_of or utcnow().date()
-    history = await queries.lead_history(session, actor.organization_id, scope=lead_scope(actor))
+    async with queries.analytic_settings(session):
+        history = await queries.lead_history(session, actor.organization_id, scope=_history_scope(actor))
     if history.created.size == 0:
         empty = [
             Forecast(
@@ -273,7 +281,8 @@ async def backtest(
 ) -> BacktestReport:
     """Replay the history the actor sees at monthly as-of dates and score every
     method. The maths runs in a worker thread: it is CPU work, not I/O."""
-    history = await queries.lead_history(session, actor.organization_id, scope=lead_scope(actor))
+    async with queries.analytic_settings(session):
+        history = await queries.lead_history(session, actor.organization_id, scope=_history_scope(actor))
     if history.created.size == 0:
         return BacktestReport(as_of=[], results=[], origins=[])
     if from_date is None:
