@@ -186,6 +186,11 @@ class Replica:
                     "DELETE FROM server_records WHERE entity = ? AND json_extract(data, '$.lead_id') = ?",
                     (child, record_id),
                 )
+        elif entity == "account":  # contacts are seen through their account
+            self.db.execute(
+                "DELETE FROM server_records WHERE entity = 'contact' AND json_extract(data, '$.account_id') = ?",
+                (record_id,),
+            )
 
     def server_records(self, entity: str | None = None) -> list[tuple[str, str, int, dict[str, Any]]]:
         sql = "SELECT entity, id, server_version, data FROM server_records"

@@ -86,16 +86,34 @@ def _note_writes(session: Session, _context: Any, _instances: Any) -> None:
             obj.field_versions = versions
         entity = _OWNED.get(type(obj))
         if entity is not None and "owner_id" in changed:
-            before = state.attrs.owner_id.history.deleted
-            if before and before[0] is not None:
-                session.add(
-                    SyncDeparture(
-                        organization_id=obj.organization_id, entity=entity, record_id=obj.id, from_owner_id=before[0]
-                    )
-                )
-                written[obj.organization_id].add(SyncDeparture.__table__)  # type: ignore[arg-type]
-                if isinstance(obj, Lead):
-                    session.info.setdefault(_REASSIGNED, []).append(obj)
+            _depart(session, obj.organization_id, entity, obj.id, _before(state, "owner_id"))
+            if isinstance(obj, Lead):
+                session.info.setdefault(_REASSIGNED, []).append(obj)
+        if isinstance(obj, Lead) and _LEAD_SEES_ACCOUNT.intersection(changed):
+            # Reps see an account through their lead on it: when the lead moves
+            # to someone else, to another account or is deleted, the account
+            # may leave the former owner's scope.
+            account_id = _before(state, "account_id")
+            if account_id is not None:
+                _depart(session, obj.organization_id, "account", account_id, _before(state, "owner_id"))
+
+
+_LEAD_SEES_ACCOUNT = frozenset({"owner_id", "account_id", "deleted_at"})
+
+
+def _before(state: Any, name: str) -> Any:
+    """An attribute's value before this flush's change (its value if unchanged)."""
+    history = state.attrs[name].history
+    if history.deleted:
+        return history.deleted[0]
+    return history.unchanged[0] if history.unchanged else None
+
+
+def _depart(session: Session, organization_id: uuid.UUID, entity: str, record_id: uuid.UUID, owner: Any) -> None:
+    if owner is None:
+        return
+    session.add(SyncDeparture(organization_id=organization_id, entity=entity, record_id=record_id, from_owner_id=owner))
+    _written(session)[organization_id].add(SyncDeparture.__table__)  # type: ignore[arg-type]
 
 
 # A reassigned lead brings its history, activities and objections to its new

@@ -122,7 +122,7 @@ class RemovalReason(enum.StrEnum):
 
 class Removal(msgspec.Struct, kw_only=True):
     """A record the device must drop. Dropping a lead drops its stage changes,
-    activities and objections with it."""
+    activities and objections with it; dropping an account drops its contacts."""
 
     entity: Entity
     id: uuid.UUID

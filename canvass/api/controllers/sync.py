@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -44,7 +45,15 @@ class SyncController(Controller):
     path = "/api/v1/sync"
     tags = ["sync"]
 
-    @post("/devices", operation_id="registerDevice", responses=PROBLEM_RESPONSES, status_code=HTTP_201_CREATED)
+    @post(
+        "/devices",
+        operation_id="registerDevice",
+        responses={
+            **PROBLEM_RESPONSES,
+            200: ResponseSpec(data_container=DeviceOut, description="Already registered to you: confirmed"),
+        },
+        status_code=HTTP_201_CREATED,
+    )
     async def register_device(
         self, db: Db, actor: CurrentActor, data: JSONBody[DeviceRegistration]
     ) -> Response[DeviceOut]:
