@@ -347,6 +347,11 @@ class Replica:
                         "DELETE FROM local_records WHERE entity = ? AND json_extract(data, '$.lead_id') = ?",
                         (child, record_id),
                     )
+            elif entity == "account":
+                self.db.execute(
+                    "DELETE FROM local_records WHERE entity = 'contact' AND json_extract(data, '$.account_id') = ?",
+                    (record_id,),
+                )
             return
         if current is None:
             return  # edits a record this device no longer holds; the server will answer
