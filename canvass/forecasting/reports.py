@@ -16,7 +16,7 @@ from canvass.db import utcnow
 from canvass.forecasting import funnel, queries, rollup
 from canvass.forecasting.backtest import BacktestReport, run_backtest
 from canvass.forecasting.baselines import Forecast, WeightedPipelineConfig, naive_last_h, weighted_pipeline
-from canvass.forecasting.history import as_date
+from canvass.forecasting.history import LeadHistory, as_date
 from canvass.forecasting.learned import learned_many
 from canvass.ids import new_id
 from canvass.pipeline.config import PipelineConfig
@@ -130,10 +130,18 @@ async def revenue_forecast(
         ]  # fmt: skip
         return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=0, forecasts=empty)
     weighted = _weighted_config(await pipeline_config(session, actor.organization_id))
-    forecasts = learned_many(history, as_of, list(horizons), None, weighted)
+    # The maths is CPU work (seconds at a million leads): off the event loop, as the backtest.
+    forecasts = await anyio.to_thread.run_sync(_all_methods, history, as_of, list(horizons), weighted)
+    return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=int(history.created.size), forecasts=forecasts)
+
+
+def _all_methods(
+    history: LeadHistory, as_of: dt.date, horizons: list[int], weighted: WeightedPipelineConfig
+) -> list[Forecast]:
+    forecasts = learned_many(history, as_of, horizons, None, weighted)
     forecasts += [weighted_pipeline(history, as_of, h, weighted) for h in horizons]
     forecasts += [naive_last_h(history, as_of, h) for h in horizons]
-    return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=int(history.created.size), forecasts=forecasts)
+    return forecasts
 
 
 class SnapshotAccuracy(msgspec.Struct, kw_only=True):
