@@ -212,3 +212,12 @@ def test_devices_registration_input(client: TestClient[Any], tenant: Tenant) -> 
         {"device_id": "a", "x": 1},
     ):
         _problem(client.post("/api/v1/sync/devices", json=body, headers=headers), 422)
+
+
+def test_oversized_body(client: TestClient[Any], tenant: Tenant, device_id: str) -> None:
+    """More than 5 MiB in one push: 413 even with fewer than 1,000 mutations."""
+    note = "x" * 19_000
+    mutations = [_mutation(n, id=str(uuid7()), title=f"Lead {n}", next_step=note) for n in range(1, 300)]
+    body = _problem(_push(client, tenant.rep_a, device_id, mutations), 413)
+    assert body["detail"]
+    assert _state(client, tenant.rep_a, device_id) == ([], 0)
