@@ -68,6 +68,7 @@ async def forecast_rollup(
     period: queries.Period,
     *,
     freshness_hours: int = 72,
+    silent_owners: set[uuid.UUID] | None = None,
     now: dt.datetime | None = None,
 ) -> rollup.ForecastRollup:
     now = now or utcnow()
@@ -88,6 +89,7 @@ async def forecast_rollup(
         quotas=await quotas.quotas_for(session, actor, start, end),
         calls={key: s.commit_amount for key, s in calls.items()},
         freshness_hours=freshness_hours,
+        silent_owners=silent_owners,
     )
 
 

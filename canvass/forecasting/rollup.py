@@ -42,6 +42,11 @@ class ForecastRollup(msgspec.Struct, kw_only=True):
     period_end: dt.date
     freshness_hours: int
     freshness: str
+    # Share of the open pipeline amount in the period that belongs to reps whose
+    # devices have not synced for more than `freshness_hours` (their offline
+    # edits may be missing); null when no rep in scope has a registered device.
+    silent_device_share: float | None = None
+    silent_reps: list[uuid.UUID] = msgspec.field(default_factory=list)
     lines: list[ForecastLine]
 
 
@@ -98,7 +103,10 @@ def roll_up(
     quotas: dict[uuid.UUID, float],
     calls: dict[tuple[uuid.UUID, str], float],
     freshness_hours: int,
+    silent_owners: set[uuid.UUID] | None = None,
 ) -> ForecastRollup:
+    """``silent_owners``: people whose devices have not synced within the
+    freshness window (None: nobody in scope syncs from a device)."""
     totals: dict[uuid.UUID, _Totals] = defaultdict(_Totals)
     for row in open_deals:
         t = totals[row.owner_id]
@@ -144,12 +152,26 @@ def roll_up(
     share = stale / open_amount if open_amount else 0.0
     freshness = (
         f"{share:.0%} of the open pipeline amount expected in this period was last updated more than "
-        f"{freshness_hours} hours ago (device sync status is not yet tracked; record update age is used)."
+        f"{freshness_hours} hours ago."
     )
+    silent_share: float | None = None
+    silent_reps: list[uuid.UUID] = []
+    if silent_owners is not None:
+        silent_reps = sorted(p.id for p in people if p.id in silent_owners)
+        silent_amount = sum(totals[owner].open_amount for owner in silent_reps)
+        silent_share = silent_amount / open_amount if open_amount else 0.0
+        freshness += (
+            f" {silent_share:.0%} belongs to {len(silent_reps)} rep(s) whose devices have not synced for more than "
+            f"{freshness_hours} hours: their offline edits may not be in it yet."
+        )
+    else:
+        freshness += " No rep in scope syncs from a device, so record update age is the only freshness measure."
     return ForecastRollup(
         period_start=period_start,
         period_end=period_end,
         freshness_hours=freshness_hours,
         freshness=freshness,
+        silent_device_share=silent_share,
+        silent_reps=silent_reps,
         lines=lines,
     )

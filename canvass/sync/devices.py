@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
@@ -109,3 +109,30 @@ async def list_devices(session: AsyncSession, actor: Actor) -> Sequence[DeviceOu
     ).all()
     now = utcnow()
     return [device_out(device, name, now) for device, name in rows]
+
+
+async def silent_owners(session: AsyncSession, actor: Actor, since: dt.datetime) -> set[uuid.UUID] | None:
+    """People in the caller's scope who sync from devices but none of whose
+    devices has pushed or pulled since ``since``. None when nobody in scope has a
+    registered device (the team works online: there is nothing to wait for)."""
+    rows = (
+        await session.execute(
+            select(
+                Device.user_id,
+                func.max(Device.registered_at),
+                func.max(Device.last_push_at),
+                func.max(Device.last_pull_at),
+            )
+            .where(Device.organization_id == actor.organization_id, visible_owner(actor, Device.user_id))
+            .group_by(Device.user_id)
+        )
+    ).all()
+    if not rows:
+        return None
+    silent = set()
+    for user_id, registered, push, pull in rows:
+        # A device that never synced counts from its registration.
+        seen = max(t for t in (push, pull, registered) if t is not None)
+        if seen < since:
+            silent.add(user_id)
+    return silent

@@ -4,6 +4,7 @@ property-based proofs are in tests/sync.)"""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import time
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from litestar.testing import TestClient
 
 from canvass.ids import new_id
-from tests.conftest import Person, Tenant, create_account, create_contact, create_lead
+from tests.conftest import Person, Tenant, create_account, create_contact, create_lead, run
 
 _counter = itertools.count()
 
@@ -411,3 +412,35 @@ def test_managers_see_how_fresh_each_device_is(client: TestClient[Any], tenant: 
     assert [(d["device_id"], d["oldest_pending_age_s"]) for d in seen] == [(device.device_id, 5400)]
     assert seen[0]["last_push_at"] is not None
     assert len(client.get("/api/v1/sync/devices", headers=tenant.admin.headers).json()) == 2
+
+
+async def _silence(sessionmaker: Any, organization_id: uuid.UUID, device_id: str, hours: int) -> None:
+    """Make a device look as if it last synced `hours` ago."""
+    from sqlalchemy import update
+
+    from canvass.sync.models import Device
+
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(Device)
+            .where(Device.organization_id == organization_id, Device.device_id == device_id)
+            .values(registered_at=past, last_push_at=past, last_pull_at=past)
+        )
+
+
+def test_the_forecast_says_whose_devices_have_been_silent(client: TestClient[Any], tenant: Tenant) -> None:
+    close = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    create_lead(client, tenant.rep_a, amount=3000, expected_close_date=close)
+    create_lead(client, tenant.rep_a2, amount=1000, expected_close_date=close)
+    body = client.get("/api/v1/forecasts", headers=tenant.manager_a.headers).json()
+    assert body["silent_device_share"] is None  # nobody syncs from a device yet
+    silent, fresh = RawDevice(client, tenant.rep_a), RawDevice(client, tenant.rep_a2)
+    fresh.pull_all()
+    run(client, _silence, client.app.state.sessionmaker, tenant.organization_id, silent.device_id, 100)
+    body = client.get("/api/v1/forecasts", params={"freshness_hours": 72}, headers=tenant.manager_a.headers).json()
+    assert body["silent_reps"] == [str(tenant.rep_a.id)]
+    assert body["silent_device_share"] == pytest.approx(0.75)
+    assert "75%" in body["freshness"]
+    wide = client.get("/api/v1/forecasts", params={"freshness_hours": 200}, headers=tenant.manager_a.headers).json()
+    assert wide["silent_reps"] == [] and wide["silent_device_share"] == 0

@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from canvass.api.deps import CurrentActor, Db, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
+from canvass.db import utcnow
 from canvass.errors import InvalidValue
 from canvass.forecasting.backtest import BacktestReport
 from canvass.forecasting.queries import Period
@@ -28,6 +29,7 @@ from canvass.forecasting.reports import (
 from canvass.forecasting.rollup import ForecastRollup
 from canvass.pipeline.services import quotas as service
 from canvass.pipeline.services.quotas import QuotaOut, QuotaSet, SubmissionCreate, SubmissionOut
+from canvass.sync.devices import silent_owners
 
 
 def calendar_period(kind: str, offset: int, today: dt.date | None = None) -> Period:
@@ -91,7 +93,10 @@ class ForecastController(Controller):
         attainment — per rep and for every team subtree in the caller's scope — for
         this (offset 0) or a following month or quarter; with a statement of how
         fresh the open pipeline is."""
-        return await forecast_rollup(db, actor, calendar_period(period, offset), freshness_hours=freshness_hours)
+        silent = await silent_owners(db, actor, utcnow() - dt.timedelta(hours=freshness_hours))
+        return await forecast_rollup(
+            db, actor, calendar_period(period, offset), freshness_hours=freshness_hours, silent_owners=silent
+        )
 
     @get("/forecasts/revenue", operation_id="getRevenueForecast", responses=PROBLEM_RESPONSES)
     async def revenue(self, db: Db, actor: CurrentActor, horizons: Horizons | None = None) -> RevenueForecast:
