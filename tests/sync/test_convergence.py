@@ -79,6 +79,7 @@ class Convergence(RuleBasedStateMachine):
         self.sent: list[tuple[OfflineClient, PushRequest]] = []  # pushes to duplicate later
         self.rest_moves: dict[str, int] = {}  # lead -> stage moves made online
         self.leads: list[str] = []
+        self.deleted: dict[str, int] = {}  # lead -> step it was deleted at
         people = self.tenant.people
         # each rep starts with a lead that can leave prospecting and one without an account
         for who in ("rep_a", "rep_a2", "rep_b"):
@@ -309,6 +310,20 @@ class Convergence(RuleBasedStateMachine):
         self.step += 1
         self.rest_writes.append(Write(record=lead_id, field="owner_id", value=target, order=(self.step, 0)))
 
+    @rule(i=st.integers(0, 99))
+    def rest_delete(self, i: int) -> None:
+        """A manager deletes a lead online (at most two per run) while devices may still edit it."""
+        if len(self.deleted) >= 2:
+            return
+        lead_id = self.leads[i % len(self.leads)]
+        person = self._person_for(lead_id, "owner")
+        if lead_id in self.deleted or person is None:
+            return
+        manager = self.tenant.manager_b if person.email.startswith("rep_b@") else self.tenant.manager_a
+        rest(self.client, manager, "DELETE", f"/api/v1/leads/{lead_id}")
+        self.step += 1
+        self.deleted[lead_id] = self.step
+
     def _person_for(self, lead_id: str, who: str) -> Person | None:
         if who != "owner":
             return self.tenant.people[who]
@@ -423,6 +438,15 @@ class Convergence(RuleBasedStateMachine):
                 continue  # superseded by a later write of the same field
             kept = w.value in losers.get((w.record, w.field), [])
             assert kept, f"lost write {w} (final {final[w.field]!r})"
+        for key, mutation in self.mutations.items():
+            # an edit that reached the server after the lead's deletion is a conflict, never a silent loss
+            target = mutation["args"].get("id")
+            if (
+                mutation["name"] == "lead.update"
+                and target in self.deleted
+                and self.order[key] > (self.deleted[target], 0)
+            ):
+                assert receipts[key]["status"] in ("conflict", "rejected"), (mutation, receipts[key])
         for key, receipt in receipts.items():
             if key not in self.mutations:
                 continue
