@@ -133,7 +133,9 @@ class LeadHistory:
             s_to = np.zeros(0, np.int8)
         else:
             s_lead = np.asarray(stage_lead, dtype=np.int64)
-            s_day = np.maximum(_days(stage_day), created_d[s_lead]) if s_lead.size else _days(stage_day)
+            s_day = _days(stage_day)
+            if s_lead.size:
+                np.maximum(s_day, created_d[s_lead], out=s_day)
             s_to = np.asarray(stage_to, dtype=np.int8)
         # Every lead starts with a stage on its creation day.
         first_day = np.full(n, np.iinfo(np.int64).max)
@@ -229,8 +231,9 @@ def _sorted_by_lead_day(lead: np.ndarray, day: np.ndarray) -> bool:
     """Are records already ordered by (lead, day)? Then sorting them (stably) would change nothing."""
     if lead.size < 2:
         return True
-    step = np.diff(lead)
-    return bool(np.all(step >= 0) and np.all((step > 0) | (np.diff(day) >= 0)))
+    if not np.all(lead[1:] >= lead[:-1]):
+        return False
+    return bool(np.all((lead[1:] > lead[:-1]) | (day[1:] >= day[:-1])))
 
 
 def _last_before(day: np.ndarray, start: np.ndarray, leads: np.ndarray, cutoff: np.ndarray | int) -> np.ndarray:

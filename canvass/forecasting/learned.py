@@ -402,21 +402,25 @@ def _interval_counts(
     last bucket and are counted by day alone. Linear in the intervals, no per-interval splitting;
     the grid has strata × days × ``AGE_CAP`` cells."""
     cap = AGE_CAP
-    strat = np.zeros(start.size, np.int64) if stratum is None else stratum.astype(np.int64)
-    created = created.astype(np.int64)
-    s_age = start.astype(np.int64) - created
-    e_age = end.astype(np.int64) - created
+    # int32 throughout: these arrays have one entry per interval (millions), and every index below
+    # is under strata × days × (AGE_CAP + 1).
+    strat = np.zeros(start.size, np.int32) if stratum is None else stratum.astype(np.int32, copy=False)
+    created = created.astype(np.int32, copy=False)
+    s_age = start.astype(np.int32, copy=False) - created
+    e_age = end.astype(np.int32, copy=False) - created
     out_width = width + cap
     out = np.zeros(n_strata * N_AGE * out_width)
 
     # Ages [s_age, min(e_age, cap - 1)] on the grid.
-    g = np.flatnonzero(s_age < cap)
+    g = s_age < cap
     stride = cap + 1
     base = (strat[g] * width + created[g]) * stride
     size = n_strata * width * stride
     w = None if weight is None else weight[g]
     diff = np.bincount(base + s_age[g], weights=w, minlength=size)
-    diff -= np.bincount(base + np.minimum(e_age[g], cap - 1) + 1, weights=w, minlength=size)
+    base += np.minimum(e_age[g], cap - 1) + 1
+    diff -= np.bincount(base, weights=w, minlength=size)
+    del base
     grid = np.cumsum(diff.reshape(n_strata, width, stride)[:, :, :cap], axis=2)
     ages = np.arange(cap)
     cell = (np.arange(n_strata)[:, None, None] * N_AGE + _AGE_BUCKET[ages][None, None, :]) * out_width + (
@@ -426,9 +430,9 @@ def _interval_counts(
 
     # Ages from cap on: the last bucket, by day.
     tail = np.flatnonzero(e_age >= cap)
-    t_base = (strat[tail] * N_AGE + N_AGE - 1) * out_width
+    t_base = (strat[tail].astype(np.int64) * N_AGE + N_AGE - 1) * out_width
     w = None if weight is None else weight[tail]
-    t_start = np.maximum(start[tail].astype(np.int64), created[tail] + cap)
+    t_start = np.maximum(start[tail].astype(np.int64), created[tail].astype(np.int64) + cap)
     t_diff = np.bincount(t_base + t_start, weights=w, minlength=out.size).astype(np.float64)
     t_diff -= np.bincount(t_base + end[tail].astype(np.int64) + 1, weights=w, minlength=out.size)
     out += np.cumsum(t_diff.reshape(n_strata, N_AGE, out_width), axis=2).ravel()

@@ -481,9 +481,9 @@ async def lead_history(
 
 # Columns of the two history queries: name, numpy type on PostgreSQL's binary COPY (big-endian), and
 # elsewhere. Timestamps are whole days on the way out (PostgreSQL: µs since 2000-01-01, or ±infinity).
-_LEAD_FIELDS = (("id", "V16", "S32"), ("owner", "V16", "S32"), ("created", ">i8", "i8"),
-                ("status", ">i2", "i2"), ("closed", ">i8", "i8"))  # fmt: skip
-_CHANGE_FIELDS = (("lead", "V16", "S32"), ("day", ">i8", "i8"), ("stage", ">i2", "i2"),
+_LEAD_FIELDS = (("id", "V16", "S32"), ("owner", "V16", "S32"), ("created", ">i8", "i4"),
+                ("status", ">i2", "i2"), ("closed", ">i8", "i4"))  # fmt: skip
+_CHANGE_FIELDS = (("lead", "V16", "S32"), ("day", ">i8", "i4"), ("stage", ">i2", "i2"),
                   ("amount", ">f8", "f8"), ("priced", "?", "?"))  # fmt: skip
 _STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970-01-01
@@ -533,15 +533,17 @@ class _Collector:
         new[0] = self.last_key is None or key[0] != self.last_key
         new[1:] = key[1:] != key[:-1]
         self.key_parts.append(key[new])
-        self.group_parts.append(self.groups - 1 + np.cumsum(new, dtype=np.int64))
+        self.group_parts.append(self.groups - 1 + np.cumsum(new, dtype=np.int32))
         self.groups += int(new.sum())
         self.last_key = key[-1]
 
     def result(self) -> _Columns:
-        data = {
-            name: np.concatenate(parts) if parts else np.zeros(0, np.dtype(native).newbyteorder("="))
-            for (name, _, native), parts in ((f, self.parts[f[0]]) for f in self.fields if f[0] in self.parts)
-        }
+        data = {}
+        for name, _, native in self.fields:
+            if name in self.parts:  # one column at a time, its chunks released as it is joined
+                parts = self.parts.pop(name)
+                data[name] = np.concatenate(parts) if parts else np.zeros(0, np.dtype(native).newbyteorder("="))
+                del parts
         if self.group_key is None:
             return _Columns(data)
         key_type = next(native for name, _, native in self.fields if name == self.group_key)
@@ -619,7 +621,7 @@ def _native(column: np.ndarray, native: str) -> np.ndarray:
     values = column.astype(column.dtype.newbyteorder("="))
     if column.dtype.itemsize == 8 and column.dtype.kind == "i":
         # PostgreSQL timestamps (µs since 2000-01-01) to days since 1970-01-01; -infinity to -1.
-        return np.where(values == _NO_STAMP, -1, (values + _PG_EPOCH_US) // _US_PER_DAY)
+        return np.where(values == _NO_STAMP, -1, (values + _PG_EPOCH_US) // _US_PER_DAY).astype(np.int32)
     return values
 
 
@@ -670,19 +672,26 @@ def _history_from_columns(leads: _Columns, changes: _Columns) -> LeadHistory:
     stage_to = changes.data["stage"]
     if np.any(stage_to[kept] < 0):
         raise ValueError("a stage change has a stage the forecast does not know")
-    priced = kept & changes.data["priced"]
+    # Every change records the amount at that moment; an amount record matters only where the
+    # lead's amount changes ("the latest amount before a day" is the same without the repeats).
+    priced = np.flatnonzero(kept & changes.data["priced"])
+    amount = changes.data["amount"][priced]
+    amount_lead = lead[priced]
+    new_amount = np.ones(priced.size, bool)
+    new_amount[1:] = (amount_lead[1:] != amount_lead[:-1]) | (amount[1:] != amount[:-1])
+    priced = priced[new_amount]
     day = changes.data["day"]
     return LeadHistory.from_arrays(
         created=leads.data["created"],
         status=status,
         closed=leads.data["closed"],
         owner=owner,
-        amount_lead=lead[priced],
+        amount_lead=amount_lead[new_amount],
         amount_day=day[priced],
-        amount=changes.data["amount"][priced],
+        amount=amount[new_amount],
         stage_lead=lead[kept],
         stage_day=day[kept],
-        stage_to=stage_to[kept].astype(np.int64),
+        stage_to=stage_to[kept].astype(np.int8),
     )
 
 

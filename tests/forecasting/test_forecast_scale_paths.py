@@ -92,7 +92,11 @@ async def _reference(session: Any, organization_id: uuid.UUID, scope: Any) -> Le
         ).all()
         if c[0] in index
     ]
-    priced = [c for c in changes if c[3] is not None]
+    # An amount record where the lead's amount changes (repeats say nothing new).
+    priced = []
+    for c in changes:
+        if c[3] is not None and not (priced and priced[-1][0] == c[0] and priced[-1][3] == c[3]):
+            priced.append(c)
     return LeadHistory.from_arrays(
         created=np.array([(r[2] - epoch).days for r in leads]),
         status=np.array([STATUSES.index(r[3]) for r in leads]),
