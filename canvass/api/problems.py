@@ -21,7 +21,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi.datastructures import ResponseSpec
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
 from canvass.errors import PROBLEM_BASE, CanvassError
@@ -159,6 +159,21 @@ def _integrity(request: Request[Any, Any, Any], exc: IntegrityError) -> Response
     )
 
 
+def _operational(request: Request[Any, Any, Any], exc: OperationalError) -> Response[dict[str, Any]]:
+    if "database is locked" in str(exc.orig):
+        # SQLite's one writer was busy beyond the wait: nothing was written, and
+        # the same request will succeed shortly (sync clients retry on 503).
+        return problem_response(
+            request,
+            status=503,
+            code="busy",
+            title="Busy",
+            detail="The database is busy with other writes; retry the request in a moment.",
+            headers={"Retry-After": "1"},
+        )
+    return _internal(request, exc)
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -178,6 +193,7 @@ exception_handlers: dict[type[Exception] | int, Any] = {
     HTTPException: _http_error,
     StaleDataError: _stale,
     IntegrityError: _integrity,
+    OperationalError: _operational,
     Exception: _internal,
 }
 
@@ -198,4 +214,5 @@ PROBLEM_RESPONSES: dict[int, ResponseSpec] = {
     412: _spec("If-Match names a version that is no longer current"),
     413: _spec("Request body too large"),
     422: _spec("Invalid input; `errors` names each field"),
+    503: _spec("The database is busy (embedded SQLite's single writer); retry after `Retry-After` seconds"),
 }

@@ -30,6 +30,7 @@ from canvass.pipeline.schemas import AccountUpdate, ContactUpdate, LeadUpdate
 from canvass.pipeline.scope import Actor, may_assign_to
 from canvass.pipeline.services import accounts, leads
 from canvass.pipeline.services.common import team_path_of
+from canvass.sync.feed import HLC
 from canvass.sync.hlc import Timestamp
 from canvass.sync.models import SyncConflict
 from canvass.sync.wire import Mutation, Receipt, ReceiptStatus
@@ -243,7 +244,7 @@ async def merge_edit(
         if server_value == device_value:
             continue
         policy = policy_for(name)
-        device_won = _later(mutation.hlc, last[1]) if policy is Policy.LATEST_WINS else None
+        device_won = _later(session.info.get(HLC, mutation.hlc), last[1]) if policy is Policy.LATEST_WINS else None
         if device_won:
             apply[name] = value
         conflicts.append(

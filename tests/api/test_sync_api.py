@@ -444,3 +444,31 @@ def test_the_forecast_says_whose_devices_have_been_silent(client: TestClient[Any
     assert "75%" in body["freshness"]
     wide = client.get("/api/v1/forecasts", params={"freshness_hours": 200}, headers=tenant.manager_a.headers).json()
     assert wide["silent_reps"] == [] and wide["silent_device_share"] == 0
+
+
+def test_a_device_clock_days_ahead_is_applied_but_not_trusted(client: TestClient[Any], tenant: Tenant) -> None:
+    device, lead_id, base = _device_with_lead(client, tenant.rep_a)
+    two_days = 2 * 24 * 3_600_000
+    fast = device.mutation(
+        "lead.update", {"id": lead_id, "fields": {"next_step": "From the future"}}, {f"lead:{lead_id}": base}, two_days
+    )
+    assert device.push(fast)["receipts"][0]["status"] == "applied"
+    # Its timestamp was replaced by the server's, so a later online edit and a
+    # later device edit still order correctly against it.
+    client.patch(f"/api/v1/leads/{lead_id}", json={"next_step": "Online, later"}, headers=tenant.manager_a.headers)
+    stale = device.mutation(
+        "lead.update", {"id": lead_id, "fields": {"next_step": "Again"}}, {f"lead:{lead_id}": base}, two_days
+    )
+    assert device.push(stale)["receipts"][0]["status"] == "merged"
+    lead = client.get(f"/api/v1/leads/{lead_id}", headers=tenant.rep_a.headers).json()
+    assert lead["next_step"] == "Again"  # a device edit pushed after the online one is the later
+
+
+def test_a_move_dated_before_the_stage_began_is_dated_at_its_start(client: TestClient[Any], tenant: Tenant) -> None:
+    device, lead_id, _ = _device_with_lead(client, tenant.rep_a)
+    slow_clock = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=5)).isoformat()
+    receipt = device.push(device.mutation("lead.move_stage", {"id": lead_id, "to_stage": "qualify", "at": slow_clock}))
+    assert receipt["receipts"][0]["status"] == "applied"
+    history = client.get(f"/api/v1/leads/{lead_id}/stage-history", headers=tenant.rep_a.headers).json()
+    move = history[-1]
+    assert move["at"] == move["from_stage_entered_at"]  # zero days in prospecting, not minus five hours

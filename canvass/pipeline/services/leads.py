@@ -278,6 +278,15 @@ async def _lead_for_rules(
     return lead, facts, config
 
 
+def _business_time(given: dt.datetime | None, lead: Lead) -> dt.datetime:
+    """When a move or outcome happened: the time given (a device records it
+    offline, with its own clock), but never before the lead entered its current
+    stage, so time in a stage is never negative."""
+    if given is None:
+        return utcnow()
+    return max(given, lead.stage_entered_at)
+
+
 async def _write_history(
     session: AsyncSession,
     actor: Actor,
@@ -309,7 +318,7 @@ async def move_stage(
     lead, facts, current = await _lead_for_rules(session, actor, lead_id, if_match)
     config = config or current
     stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
-    at = move.at or utcnow()
+    at = _business_time(move.at, lead)
     from_stage, entered = lead.stage, lead.stage_entered_at
     if move.override_reason and from_stage == Stage.QUALIFY.value:
         score = stages.qualification_score(facts.qualification)
@@ -326,7 +335,7 @@ async def record_outcome(
     lead, facts, _ = await _lead_for_rules(session, actor, lead_id, if_match)
     amount = record.amount if record.amount is not None else lead.amount
     stages.check_outcome(facts, record.outcome, amount=amount, reason=record.loss_reason)
-    at = record.at or utcnow()
+    at = _business_time(record.at, lead)
     from_stage, entered = lead.stage, lead.stage_entered_at
     lead.status = record.outcome.value
     lead.closed_at = at
