@@ -517,13 +517,15 @@ def load_sqlite(path: Path, t: Tenant, who: People) -> None:
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def _get(port: int, path: str, token: str, params: dict[str, Any] | list[tuple[str, Any]]) -> tuple[float, bytes]:
+def _get(
+    port: int, path: str, token: str, params: dict[str, Any] | list[tuple[str, Any]], timeout: float
+) -> tuple[float, bytes]:
     query = urllib.parse.urlencode(params)
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}?{query}", headers={"Authorization": f"Bearer {token}"}
     )
     started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=300) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         body = response.read()
     return time.perf_counter() - started, body
 
@@ -552,7 +554,7 @@ def _memory(pid: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def measure(port: int, who: People, rep_leads: np.ndarray, repeats: int) -> dict[str, Any]:
+def measure(port: int, who: People, rep_leads: np.ndarray, repeats: int, timeout: float) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}/api/v1"
     login = lambda email: http_json(f"{base}/auth/login", {"email": email, "password": PASSWORD})["access_token"]  # noqa: E731
     admin = login(ADMIN)
@@ -570,12 +572,16 @@ def measure(port: int, who: People, rep_leads: np.ndarray, repeats: int) -> dict
     ]  # fmt: skip
     results: dict[str, Any] = {}
     for name, path, token, params in cases:
-        _get(port, path, token, params)  # warm-up: connections, prepared statements, caches
-        times = []
-        body = b""
-        for _ in range(repeats):
-            elapsed, body = _get(port, path, token, params)
-            times.append(elapsed)
+        try:
+            _get(port, path, token, params, timeout)  # warm-up: connections, prepared statements, caches
+            times = []
+            body = b""
+            for _ in range(repeats):
+                elapsed, body = _get(port, path, token, params, timeout)
+                times.append(elapsed)
+        except OSError as exc:  # a timeout (socket.timeout is an OSError) or a refused request
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "timeout_s": timeout}
+            continue
         results[name] = {
             "median_s": round(statistics.median(times), 4),
             "min_s": round(min(times), 4),
@@ -602,7 +608,9 @@ def _summary(name: str, body: Any) -> Any:
     ]
 
 
-def run(db: str, leads: int, repeats: int, keep: bool, url: str | None, load_only: bool = False) -> dict[str, Any]:
+def run(
+    db: str, leads: int, repeats: int, keep: bool, url: str | None, load_only: bool = False, timeout: float = 300
+) -> dict[str, Any]:
     conditions = machine()
     tmp = Path(tempfile.mkdtemp(prefix="canvass-scale-"))
     name = f"canvass_scale_{uuid.uuid4().hex[:8]}"
@@ -659,7 +667,7 @@ def run(db: str, leads: int, repeats: int, keep: bool, url: str | None, load_onl
             start_new_session=True,
         )  # fmt: skip
         wait_until_up(port, timeout=60)
-        results = measure(port, who, rep_leads, repeats)
+        results = measure(port, who, rep_leads, repeats, timeout)
         memory = _memory(server.pid)
         return {
             "machine": conditions,
@@ -721,6 +729,9 @@ def table(report: dict[str, Any]) -> str:
     for name, r in report["results"].items():
         if name == "rep_leads":
             continue
+        if "error" in r:
+            lines.append(f"{name:<24} {'—':>9} {'—':>8} {'—':>8}   no answer within {r['timeout_s']} s")
+            continue
         bar = BARS_S.get(name)
         verdict = f"< {bar} s: {'met' if r['median_s'] < bar else 'NOT met'}" if bar else ""
         lines.append(f"{name:<24} {r['median_s']:>9.3f} {r['min_s']:>8.3f} {r['max_s']:>8.3f}   {verdict}")
@@ -740,6 +751,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database (PostgreSQL) and print its URL")
     parser.add_argument("--url", help="measure an already loaded scale database instead of building one")
     parser.add_argument("--load-only", action="store_true", help="build and keep the database, measure nothing")
+    parser.add_argument(
+        "--timeout", type=float, default=300, help="seconds per HTTP request before it counts as failed"
+    )
     args = parser.parse_args()
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -747,7 +761,7 @@ def main() -> None:
         ["sqlite" if args.url.startswith("sqlite") else "postgresql"] if args.url else ["postgresql", "sqlite"]
     )
     for db in databases:
-        report = run(db, args.leads, args.repeats, args.keep or args.load_only, args.url, args.load_only)
+        report = run(db, args.leads, args.repeats, args.keep or args.load_only, args.url, args.load_only, args.timeout)
         if args.load_only:
             print(json.dumps(report), flush=True)
             continue
