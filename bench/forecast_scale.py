@@ -554,7 +554,15 @@ def _memory(pid: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def measure(port: int, who: People, rep_leads: np.ndarray, repeats: int, timeout: float) -> dict[str, Any]:
+def measure(
+    port: int,
+    who: People,
+    rep_leads: np.ndarray,
+    repeats: int,
+    timeout: float,
+    only: set[str] | None = None,
+    warm_up: bool = True,
+) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}/api/v1"
     login = lambda email: http_json(f"{base}/auth/login", {"email": email, "password": PASSWORD})["access_token"]  # noqa: E731
     admin = login(ADMIN)
@@ -572,8 +580,11 @@ def measure(port: int, who: People, rep_leads: np.ndarray, repeats: int, timeout
     ]  # fmt: skip
     results: dict[str, Any] = {}
     for name, path, token, params in cases:
+        if only and name not in only:
+            continue
         try:
-            _get(port, path, token, params, timeout)  # warm-up: connections, prepared statements, caches
+            if warm_up:
+                _get(port, path, token, params, timeout)  # warm-up: connections, prepared statements, caches
             times = []
             body = b""
             for _ in range(repeats):
@@ -609,7 +620,15 @@ def _summary(name: str, body: Any) -> Any:
 
 
 def run(
-    db: str, leads: int, repeats: int, keep: bool, url: str | None, load_only: bool = False, timeout: float = 300
+    db: str,
+    leads: int,
+    repeats: int,
+    keep: bool,
+    url: str | None,
+    load_only: bool = False,
+    timeout: float = 300,
+    only: set[str] | None = None,
+    warm_up: bool = True,
 ) -> dict[str, Any]:
     conditions = machine()
     tmp = Path(tempfile.mkdtemp(prefix="canvass-scale-"))
@@ -667,7 +686,7 @@ def run(
             start_new_session=True,
         )  # fmt: skip
         wait_until_up(port, timeout=60)
-        results = measure(port, who, rep_leads, repeats, timeout)
+        results = measure(port, who, rep_leads, repeats, timeout, only, warm_up)
         memory = _memory(server.pid)
         return {
             "machine": conditions,
@@ -754,6 +773,8 @@ def main() -> None:
     parser.add_argument(
         "--timeout", type=float, default=300, help="seconds per HTTP request before it counts as failed"
     )
+    parser.add_argument("--cases", help="comma-separated subset of the requests, e.g. funnel_year_tenant,funnel_rep")
+    parser.add_argument("--no-warm-up", action="store_true", help="time the first request too (slow databases)")
     args = parser.parse_args()
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -761,7 +782,11 @@ def main() -> None:
         ["sqlite" if args.url.startswith("sqlite") else "postgresql"] if args.url else ["postgresql", "sqlite"]
     )
     for db in databases:
-        report = run(db, args.leads, args.repeats, args.keep or args.load_only, args.url, args.load_only, args.timeout)
+        only = set(args.cases.split(",")) if args.cases else None
+        report = run(
+            db, args.leads, args.repeats, args.keep or args.load_only, args.url, args.load_only, args.timeout, only,
+            not args.no_warm_up,
+        )  # fmt: skip
         if args.load_only:
             print(json.dumps(report), flush=True)
             continue
