@@ -165,7 +165,9 @@ def _publish_tenant(session: Session, organization_id: uuid.UUID, stamps: list[t
 
 @event.listens_for(Session, "before_commit")
 def _publish(session: Session) -> None:
-    if not session.info.get(WRITTEN):
+    # The hook also fires when a savepoint is released (one per mutation in a
+    # push): only the real commit publishes, once, at the very end.
+    if session.in_nested_transaction() or not session.info.get(WRITTEN):
         return
     session.flush()  # anything still pending is part of this transaction
     written: dict[uuid.UUID, set[Table]] = session.info.pop(WRITTEN)

@@ -159,6 +159,7 @@ class EditSpec(msgspec.Struct, frozen=True, kw_only=True):
     patch_type: type[msgspec.Struct]
     get: Callable[[AsyncSession, Actor, uuid.UUID], Awaitable[Any]]
     update: Callable[[AsyncSession, Actor, uuid.UUID, Any], Awaitable[Any]]
+    edit: Callable[[AsyncSession, Actor, Any, Any], Awaitable[Any]]  # update of a record already read
     delete: Callable[[AsyncSession, Actor, uuid.UUID], Awaitable[None]]
 
 
@@ -169,6 +170,7 @@ EDITS = {
         patch_type=AccountUpdate,
         get=accounts.get_account,
         update=accounts.update_account,
+        edit=accounts.edit_account,
         delete=accounts.delete_account,
     ),
     "contact": EditSpec(
@@ -177,6 +179,7 @@ EDITS = {
         patch_type=ContactUpdate,
         get=accounts.get_contact,
         update=accounts.update_contact,
+        edit=accounts.edit_contact,
         delete=accounts.delete_contact,
     ),
     "lead": EditSpec(
@@ -185,6 +188,7 @@ EDITS = {
         patch_type=LeadUpdate,
         get=lambda s, a, i: leads.get_lead(s, a, i, for_update=True),
         update=leads.update_lead,
+        edit=leads.edit_lead,
         delete=leads.delete_lead,
     ),
 }
@@ -264,7 +268,7 @@ async def merge_edit(
         )
         (merged if policy is Policy.LATEST_WINS else held).append(name)
     if apply:
-        await spec.update(session, actor, record_id, spec.patch_type(**apply))
+        await spec.edit(session, actor, record, spec.patch_type(**apply))
     session.add_all(conflicts)
     await session.flush()
     if held:

@@ -234,13 +234,14 @@ def test_free_text_goes_to_the_later_edit_and_the_loser_is_kept(client: TestClie
     assert [(c["field"], c["status"], c["winner"], c["device_value"]) for c in log] == [
         ("next_step", "auto_resolved", "server", "Device")
     ]
-    # A later device edit (its clock ahead by an hour) wins over the server's.
+    # A device edit stamped after the server's edit (hybrid-clock order, not the
+    # wall clock: the server's clock has moved past every device time it saw)
+    # wins over it.
+    server_wall = int(log[0]["server_hlc"].split("-")[0])
     late = device.mutation(
-        "lead.update",
-        {"id": lead_id, "fields": {"next_step": "Device later"}},
-        {f"lead:{lead_id}": base},
-        skew_ms=3_600_000,
+        "lead.update", {"id": lead_id, "fields": {"next_step": "Device later"}}, {f"lead:{lead_id}": base}
     )
+    late["hlc"] = f"{server_wall + 1:015d}-00000-dev"
     assert device.push(late)["receipts"][0]["status"] == "merged"
     lead = client.get(f"/api/v1/leads/{lead_id}", headers=tenant.rep_a.headers).json()
     assert lead["next_step"] == "Device later"

@@ -102,6 +102,13 @@ async def update_account(
     session: AsyncSession, actor: Actor, account_id: uuid.UUID, patch: AccountUpdate, *, if_match: int | None = None
 ) -> Account:
     account = await get_account(session, actor, account_id)
+    return await edit_account(session, actor, account, patch, if_match=if_match)
+
+
+async def edit_account(
+    session: AsyncSession, actor: Actor, account: Account, patch: AccountUpdate, *, if_match: int | None = None
+) -> Account:
+    """``update_account`` for an account the caller has already read in scope."""
     check_version(account.version, if_match)
     if patch.owner_id is not msgspec.UNSET and patch.owner_id != account.owner_id:
         await check_owner(session, actor, patch.owner_id)
@@ -178,6 +185,13 @@ async def update_contact(
     session: AsyncSession, actor: Actor, contact_id: uuid.UUID, patch: ContactUpdate, *, if_match: int | None = None
 ) -> Contact:
     contact = await get_contact(session, actor, contact_id)
+    return await edit_contact(session, actor, contact, patch, if_match=if_match)
+
+
+async def edit_contact(
+    session: AsyncSession, actor: Actor, contact: Contact, patch: ContactUpdate, *, if_match: int | None = None
+) -> Contact:
+    """``update_contact`` for a contact the caller has already read in scope."""
     check_version(contact.version, if_match)
     if apply_patch(contact, patch):
         await session.flush()

@@ -210,6 +210,13 @@ async def update_lead(
     session: AsyncSession, actor: Actor, lead_id: uuid.UUID, patch: LeadUpdate, *, if_match: int | None = None
 ) -> Lead:
     lead = await get_lead(session, actor, lead_id, for_update=True)
+    return await edit_lead(session, actor, lead, patch, if_match=if_match)
+
+
+async def edit_lead(
+    session: AsyncSession, actor: Actor, lead: Lead, patch: LeadUpdate, *, if_match: int | None = None
+) -> Lead:
+    """``update_lead`` for a lead the caller has already read in scope and locked."""
     check_version(lead.version, if_match)
     if patch.owner_id is not msgspec.UNSET and patch.owner_id != lead.owner_id:
         await check_owner(session, actor, patch.owner_id)
