@@ -65,12 +65,13 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 WRITTEN = "canvass.written"
 
 
-def mark_written(session: Any, organization_id: Any, *tables: Any) -> None:
-    """Note that this transaction wrote rows of ``tables`` for a tenant outside the
-    ORM's unit of work (Core bulk inserts). The ORM's own writes are noted by the
-    sync layer's flush hook; at commit it publishes both to the change feed."""
+def mark_written(session: Any, organization_id: Any, table: Any, ids: Any) -> None:
+    """Note that this transaction wrote these rows of ``table`` for a tenant
+    outside the ORM's unit of work (Core bulk inserts). The ORM's own writes are
+    noted by the sync layer's flush hook; at commit it publishes both to the
+    change feed."""
     written = session.info.setdefault(WRITTEN, {})
-    written.setdefault(organization_id, set()).update(tables)
+    written.setdefault(organization_id, {}).setdefault(table, set()).update(ids)
 
 
 def utcnow() -> dt.datetime:

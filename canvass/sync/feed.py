@@ -7,9 +7,10 @@ for every writer — REST handlers, sync pushes, the importer, the demo loader:
 - at flush, note which tenant tables were written, keep the per-field versions
   the three-way merge needs, and record owner changes (departures);
 - just before commit, advance the tenant's clock (one row, locked until commit)
-  and stamp that version on every row this transaction wrote. A written row's
-  ``server_version`` is NULL until then (the column's on-update value), so the
-  stamp is one indexed UPDATE per table, whoever wrote the row and however.
+  and stamp that version on every row this transaction wrote, by primary key
+  (one statement per table; on PostgreSQL one statement in all). Until then a
+  written row's ``server_version`` is NULL (the column's on-update value), which
+  no pull can mistake for a published version.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import uuid
 from typing import Any
 
-from sqlalchemy import Table, event, inspect, select, update
+from sqlalchemy import Table, Uuid, any_, bindparam, event, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -53,9 +54,16 @@ _NOT_FIELDS = frozenset(
 _OWNED = {Lead: "lead", Account: "account"}
 
 
-def _written(session: Session) -> dict[uuid.UUID, set[Table]]:
-    written: dict[uuid.UUID, set[Table]] = session.info.setdefault(WRITTEN, {})
+Written = dict[uuid.UUID, dict[Table, set[uuid.UUID]]]  # tenant -> table -> ids
+
+
+def _written(session: Session) -> Written:
+    written: Written = session.info.setdefault(WRITTEN, {})
     return written
+
+
+def _note(written: Written, obj: Any) -> None:
+    written.setdefault(obj.organization_id, {}).setdefault(type(obj).__table__, set()).add(obj.id)
 
 
 def current_hlc(session: Session) -> str:
@@ -63,17 +71,25 @@ def current_hlc(session: Session) -> str:
     return hlc if hlc is not None else server_clock.tick().encode()
 
 
-@event.listens_for(Session, "before_flush")
-def _note_writes(session: Session, _context: Any, _instances: Any) -> None:
+@event.listens_for(Session, "after_flush")
+def _note_writes(session: Session, _context: Any) -> None:
+    # After the flush every new row has its id (defaults are applied by then);
+    # the new/dirty collections still describe what this flush wrote.
     written = _written(session)
     for obj in session.new:
         if isinstance(obj, Synced):
-            written.setdefault(obj.organization_id, set()).add(type(obj).__table__)  # type: ignore[attr-defined]
+            _note(written, obj)
+    for obj in session.dirty:
+        if isinstance(obj, Synced) and session.is_modified(obj):
+            _note(written, obj)
+
+
+@event.listens_for(Session, "before_flush")
+def _version_fields(session: Session, _context: Any, _instances: Any) -> None:
     hlc: str | None = None
     for obj in session.dirty:
         if not isinstance(obj, Synced) or not session.is_modified(obj):
             continue
-        written.setdefault(obj.organization_id, set()).add(type(obj).__table__)  # type: ignore[attr-defined]
         state = inspect(obj)
         changed = [a.key for a in state.attrs if a.key not in _NOT_FIELDS and a.history.has_changes()]
         if isinstance(obj, FieldVersioned) and changed:
@@ -113,7 +129,6 @@ def _depart(session: Session, organization_id: uuid.UUID, entity: str, record_id
     if owner is None:
         return
     session.add(SyncDeparture(organization_id=organization_id, entity=entity, record_id=record_id, from_owner_id=owner))
-    _written(session)[organization_id].add(SyncDeparture.__table__)  # type: ignore[arg-type]
 
 
 # A reassigned lead brings its history, activities and objections to its new
@@ -141,40 +156,59 @@ def _stamp(table: Table, organization_id: uuid.UUID, version: Any, where: Any) -
     return update(table).where(table.c.organization_id == organization_id, where).values(values)
 
 
+_STAMP_CHUNK = 5000  # ids per statement on SQLite (bound-parameter limits)
+
+
 def _publish_tenant(session: Session, organization_id: uuid.UUID, stamps: list[tuple[Table, Any]]) -> int:
+    """``stamps``: (table, ids written) or (table, a condition) to publish."""
     dialect = session.get_bind().dialect.name
     tick = _clock_tick(dialect, organization_id)
     if dialect == "postgresql":
         # One round trip: the clock and every stamp in one statement (the
         # data-modifying CTEs share the transaction's view of its own writes).
+        # Ids travel as one array per table, so the statement's text depends
+        # only on which tables were written and stays in the prepared cache.
         clock = tick.cte("clock")
         version = select(clock.c.version).scalar_subquery()
-        stmt = select(clock.c.version).add_cte(
-            *(
-                _stamp(table, organization_id, version, where).cte(f"stamp_{i}")
-                for i, (table, where) in enumerate(stamps)
-            )
-        )
-        return int(session.execute(stmt).scalar_one())
+        ctes = []
+        for i, (table, what) in enumerate(stamps):
+            if isinstance(what, set):
+                what = table.c.id == any_(bindparam(f"ids_{i}", sorted(what), type_=postgresql.ARRAY(Uuid())))
+            ctes.append(_stamp(table, organization_id, version, what).cte(f"stamp_{i}"))
+        return int(session.execute(select(clock.c.version).add_cte(*ctes)).scalar_one())
     # SQLite runs in-process: separate statements cost no round trips.
     number = int(session.execute(tick).scalar_one())
-    for table, where in stamps:
-        session.execute(_stamp(table, organization_id, number, where), execution_options={"synchronize_session": False})
+    for table, what in stamps:
+        conditions = (
+            [table.c.id.in_(chunk) for chunk in _chunks(sorted(what), _STAMP_CHUNK)]
+            if isinstance(what, set)
+            else [what]
+        )
+        for condition in conditions:
+            session.execute(
+                _stamp(table, organization_id, number, condition), execution_options={"synchronize_session": False}
+            )
     return number
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @event.listens_for(Session, "before_commit")
 def _publish(session: Session) -> None:
     # The hook also fires when a savepoint is released (one per mutation in a
     # push): only the real commit publishes, once, at the very end.
-    if session.in_nested_transaction() or not session.info.get(WRITTEN):
+    if session.in_nested_transaction():
         return
     session.flush()  # anything still pending is part of this transaction
-    written: dict[uuid.UUID, set[Table]] = session.info.pop(WRITTEN)
+    if not session.info.get(WRITTEN):
+        return
+    written: Written = session.info.pop(WRITTEN)
     reassigned: list[Lead] = session.info.pop(_REASSIGNED, [])
     versions: dict[uuid.UUID, int] = {}
     for organization_id in sorted(written):  # a fixed order: two tenants' clocks never deadlock
-        stamps: list[tuple[Table, Any]] = [(t, t.c.server_version.is_(None)) for t in written[organization_id]]
+        stamps: list[tuple[Table, Any]] = [(t, ids) for t, ids in written[organization_id].items() if ids]
         for lead in reassigned:
             if lead.organization_id != organization_id:
                 continue
@@ -182,7 +216,8 @@ def _publish(session: Session) -> None:
             if lead.account_id is not None:
                 stamps.append((_ACCOUNTS, _ACCOUNTS.c.id == lead.account_id))
                 stamps.append((_CONTACTS, _CONTACTS.c.account_id == lead.account_id))
-        versions[organization_id] = _publish_tenant(session, organization_id, stamps)
+        if stamps:
+            versions[organization_id] = _publish_tenant(session, organization_id, stamps)
     session.info["canvass.sync.published"] = versions
 
 

@@ -354,6 +354,7 @@ def test_pull_pages_cover_every_change_exactly_once(client: TestClient[Any], ten
     # One push publishes all of them under a single server version: pages must split inside it.
     device.push(*[device.mutation("lead.create", {"id": i, "title": f"Lead {n}"}) for n, i in enumerate(ids)])
     seen: list[tuple[str, str]] = []
+    versions: set[int] = set()
     cursor = "0"
     while True:
         page = client.get(
@@ -363,11 +364,13 @@ def test_pull_pages_cover_every_change_exactly_once(client: TestClient[Any], ten
         ).json()
         assert len(page["changes"]) <= 5
         seen.extend((c["entity"], c["id"]) for c in page["changes"])
+        versions.update(c["server_version"] for c in page["changes"])
         cursor = page["cursor"]
         if not page["has_more"]:
             break
     assert len(seen) == len(set(seen)) == 46  # 23 leads + their 23 "created" history rows
     assert {i for e, i in seen if e == "lead"} == set(ids)
+    assert len(versions) == 1  # one push, one transaction, one version
     quiet = client.get(
         "/api/v1/sync/pull", params={"device_id": device.device_id, "cursor": cursor}, headers=tenant.rep_a.headers
     ).json()

@@ -300,6 +300,6 @@ async def import_leads(session: AsyncSession, actor: Actor, rows: Iterable[LeadI
         await connection.execute(insert(lead_table), leads[i : i + _BATCH])
     for i in range(0, len(changes), _BATCH):
         await connection.execute(insert(change_table), changes[i : i + _BATCH])
-    if leads:
-        mark_written(session, actor.organization_id, lead_table, change_table)
+    mark_written(session, actor.organization_id, lead_table, (lead["id"] for lead in leads))
+    mark_written(session, actor.organization_id, change_table, (change["id"] for change in changes))
     return ImportReport(accepted=len(leads), stage_changes=len(changes), rejected=rejected)
