@@ -44,6 +44,7 @@ from canvass.pipeline.services import accounts, imports, people  # noqa: E402
 from canvass.pipeline.services.imports import HistoryEntry, LeadImportRow  # noqa: E402
 from canvass.pipeline.vocabulary import LeadStatus, Role, Stage  # noqa: E402
 from canvass.settings import to_async_url  # noqa: E402
+from canvass.sync import feed  # noqa: E402, F401  (seeded rows join the change feed, as in the server)
 
 PG_ADMIN = os.environ.get("CANVASS_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 PASSWORD = "bench-password-1"

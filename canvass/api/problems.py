@@ -21,7 +21,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi.datastructures import ResponseSpec
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from canvass.errors import PROBLEM_BASE, CanvassError
@@ -159,16 +159,23 @@ def _integrity(request: Request[Any, Any, Any], exc: IntegrityError) -> Response
     )
 
 
-def _operational(request: Request[Any, Any, Any], exc: OperationalError) -> Response[dict[str, Any]]:
-    if "database is locked" in str(exc.orig):
-        # SQLite's one writer was busy beyond the wait: nothing was written, and
-        # the same request will succeed shortly (sync clients retry on 503).
+# Serialization failures and deadlocks (PostgreSQL), and SQLite's single writer
+# staying busy beyond the wait: nothing was written, and the same request will
+# succeed when tried again (the sync client retries on 503).
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[dict[str, Any]]:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    if sqlstate in _RETRYABLE_SQLSTATES or "database is locked" in str(orig):
+        log.info("retryable database error on %s: %s", request.url.path, orig)
         return problem_response(
             request,
             status=503,
             code="busy",
             title="Busy",
-            detail="The database is busy with other writes; retry the request in a moment.",
+            detail="The change collided with concurrent writes and was not applied; retry it in a moment.",
             headers={"Retry-After": "1"},
         )
     return _internal(request, exc)
@@ -193,7 +200,7 @@ exception_handlers: dict[type[Exception] | int, Any] = {
     HTTPException: _http_error,
     StaleDataError: _stale,
     IntegrityError: _integrity,
-    OperationalError: _operational,
+    DBAPIError: _database_error,
     Exception: _internal,
 }
 

@@ -34,7 +34,7 @@ from canvass.pipeline.schemas import (
     OutcomeRecord,
     StageMove,
 )
-from canvass.pipeline.scope import Actor
+from canvass.pipeline.scope import Actor, lead_scope
 from canvass.pipeline.services import accounts, activities, leads
 from canvass.pipeline.vocabulary import LeadStatus
 from canvass.sync import feed
@@ -323,6 +323,28 @@ async def apply_group(session: AsyncSession, actor: Actor, group: Sequence[Mutat
         session.info.pop(feed.HLC, None)
 
 
+def _lead_named(m: Mutation) -> uuid.UUID | None:
+    """The lead a mutation changes or hangs a record on, if any."""
+    if m.name is MutationName.LEAD_CREATE:
+        return None
+    raw = m.args.get("id") if m.name.value.startswith("lead.") else m.args.get("lead_id")
+    try:
+        return uuid.UUID(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+
+
+async def _lock_leads(session: AsyncSession, actor: Actor, mutations: Sequence[Mutation]) -> None:
+    """Lock every lead the push touches, in id order, before applying anything:
+    two pushes (say, a rep's phone and tablet) then queue instead of deadlocking
+    on each other's leads."""
+    ids = sorted({lead_id for m in mutations if (lead_id := _lead_named(m)) is not None})
+    if ids:
+        await session.execute(
+            select(Lead.id).where(lead_scope(actor), Lead.id.in_(ids)).order_by(Lead.id).with_for_update()
+        )
+
+
 def _check_order(mutations: Sequence[Mutation]) -> None:
     for i in range(1, len(mutations)):
         if mutations[i].seq != mutations[i - 1].seq + 1:
@@ -354,6 +376,7 @@ async def push(session: AsyncSession, actor: Actor, request: PushRequest) -> Pus
     if fresh:
         device_actor = msgspec.structs.replace(actor, device_id=device.device_id)
         session.info[feed.DEVICE] = device.device_id
+        await _lock_leads(session, device_actor, fresh)
         try:
             new = []
             for i in range(0, len(fresh), GROUP):
