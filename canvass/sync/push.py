@@ -184,7 +184,7 @@ async def _move_stage(session: AsyncSession, actor: Actor, m: Mutation) -> Recei
     if lead.stage == move.to_stage.value and lead.status == LeadStatus.OPEN.value:
         return _already(m, "stage")  # someone moved it there meanwhile
     # Judged against the lead as it is now, by the same rules as online.
-    await leads.move_stage(session, actor, lead_id, move)
+    await leads.move_stage(session, actor, lead_id, move, locked=lead)
     return _applied(m)
 
 
@@ -196,7 +196,7 @@ async def _record_outcome(session: AsyncSession, actor: Actor, m: Mutation) -> R
         return lead
     if lead.status == record.outcome.value:
         return _already(m, "status")
-    await leads.record_outcome(session, actor, lead_id, record)
+    await leads.record_outcome(session, actor, lead_id, record, locked=lead)
     return _applied(m)
 
 

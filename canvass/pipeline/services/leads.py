@@ -275,11 +275,12 @@ async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFact
 
 
 async def _lead_for_rules(
-    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, if_match: int | None
+    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, if_match: int | None, locked: Lead | None = None
 ) -> tuple[Lead, stages.LeadFacts, PipelineConfig]:
-    """The lead locked for a pipeline change, checked against If-Match, with what
-    the stage rules need to judge it."""
-    lead = await get_lead(session, actor, lead_id, for_update=True)
+    """The lead locked for a pipeline change (``locked``: the caller already
+    read it in scope and locked it), checked against If-Match, with what the
+    stage rules need to judge it."""
+    lead = locked if locked is not None else await get_lead(session, actor, lead_id, for_update=True)
     check_version(lead.version, if_match)
     facts, config = await lead_facts(session, lead)
     return lead, facts, config
@@ -321,8 +322,9 @@ async def move_stage(
     *,
     if_match: int | None = None,
     config: PipelineConfig | None = None,
+    locked: Lead | None = None,
 ) -> Lead:
-    lead, facts, current = await _lead_for_rules(session, actor, lead_id, if_match)
+    lead, facts, current = await _lead_for_rules(session, actor, lead_id, if_match, locked)
     config = config or current
     stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
     at = _business_time(move.at, lead)
@@ -337,9 +339,15 @@ async def move_stage(
 
 
 async def record_outcome(
-    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, record: OutcomeRecord, *, if_match: int | None = None
+    session: AsyncSession,
+    actor: Actor,
+    lead_id: uuid.UUID,
+    record: OutcomeRecord,
+    *,
+    if_match: int | None = None,
+    locked: Lead | None = None,
 ) -> Lead:
-    lead, facts, _ = await _lead_for_rules(session, actor, lead_id, if_match)
+    lead, facts, _ = await _lead_for_rules(session, actor, lead_id, if_match, locked)
     amount = record.amount if record.amount is not None else lead.amount
     stages.check_outcome(facts, record.outcome, amount=amount, reason=record.loss_reason)
     at = _business_time(record.at, lead)
