@@ -110,7 +110,7 @@ class Synced:
 
 class FieldVersioned(Synced):
     """Records that devices edit field by field. ``field_versions`` maps a field
-    to ``[row version, hybrid-clock timestamp]`` of its last write: the three-way
+    to ``[row version, hybrid-clock timestamp, device id or null]`` of its last write: the three-way
     merge compares it with the row version the device's edit was based on."""
 
     field_versions: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

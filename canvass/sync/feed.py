@@ -206,7 +206,6 @@ def _publish(session: Session) -> None:
         return
     written: Written = session.info.pop(WRITTEN)
     reassigned: list[Lead] = session.info.pop(_REASSIGNED, [])
-    versions: dict[uuid.UUID, int] = {}
     for organization_id in sorted(written):  # a fixed order: two tenants' clocks never deadlock
         stamps: list[tuple[Table, Any]] = [(t, ids) for t, ids in written[organization_id].items() if ids]
         for lead in reassigned:
@@ -217,8 +216,7 @@ def _publish(session: Session) -> None:
                 stamps.append((_ACCOUNTS, _ACCOUNTS.c.id == lead.account_id))
                 stamps.append((_CONTACTS, _CONTACTS.c.account_id == lead.account_id))
         if stamps:
-            versions[organization_id] = _publish_tenant(session, organization_id, stamps)
-    session.info["canvass.sync.published"] = versions
+            _publish_tenant(session, organization_id, stamps)
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -229,9 +227,3 @@ def _forget(session: Session, transaction: Any) -> None:
         return
     session.info.pop(WRITTEN, None)
     session.info.pop(_REASSIGNED, None)
-
-
-def published_version(session: Any, organization_id: uuid.UUID) -> int | None:
-    """The server version the last commit of this session published, if any."""
-    versions: dict[uuid.UUID, int] = session.info.get("canvass.sync.published", {})
-    return versions.get(organization_id)

@@ -151,6 +151,41 @@ def new_conflict(
     )
 
 
+def written_since(last: list[Any], base: int | None, actor: Actor) -> bool:
+    """Was a field (its ``field_versions`` entry ``last``) written by someone
+    else after the row version ``base`` the device's edit was based on? A device
+    never conflicts with its own edits."""
+    return base is not None and bool(last) and last[0] > base and (len(last) < 3 or last[2] != actor.device_id)
+
+
+async def deleted_conflict(
+    session: AsyncSession,
+    actor: Actor,
+    mutation: Mutation,
+    entity: str,
+    deleted: Editable,
+    device_value: Any,
+    fields: list[str] | None = None,
+) -> Receipt:
+    """A change that arrived for a record deleted on the server: kept as an
+    open edit-versus-delete conflict, never silently dropped."""
+    conflict = new_conflict(
+        actor,
+        mutation,
+        entity=entity,
+        record_id=deleted.id,
+        owner_id=await record_owner(session, deleted),
+        field=None,
+        policy=Policy.EDIT_VS_DELETE,
+        server_value={"deleted_at": jsonable(deleted.deleted_at)},
+        device_value=device_value,
+        server_hlc=None,
+    )
+    session.add(conflict)
+    await session.flush()
+    return Receipt(seq=mutation.seq, status=ReceiptStatus.CONFLICT, fields=fields or [], conflict_id=conflict.id)
+
+
 class EditSpec(msgspec.Struct, frozen=True, kw_only=True):
     """How to edit one kind of record through its pipeline service."""
 
@@ -210,21 +245,7 @@ async def merge_edit(
         deleted = await find_deleted(session, actor, spec.model, record_id)
         if deleted is None:
             raise
-        conflict = new_conflict(
-            actor,
-            mutation,
-            entity=spec.entity,
-            record_id=record_id,
-            owner_id=await record_owner(session, deleted),
-            field=None,
-            policy=Policy.EDIT_VS_DELETE,
-            server_value={"deleted_at": jsonable(deleted.deleted_at)},
-            device_value=jsonable(given),
-            server_hlc=None,
-        )
-        session.add(conflict)
-        await session.flush()
-        return Receipt(seq=mutation.seq, status=ReceiptStatus.CONFLICT, fields=sorted(given), conflict_id=conflict.id)
+        return await deleted_conflict(session, actor, mutation, spec.entity, deleted, jsonable(given), sorted(given))
 
     base = mutation.base.get(f"{spec.entity}:{record_id}")
     versions: dict[str, Any] = record.field_versions or {}
@@ -235,13 +256,7 @@ async def merge_edit(
     owner_id = await record_owner(session, record)
     for name, value in given.items():
         last: list[Any] = versions.get(name) or []  # [row version, hlc, device] of its last write
-        concurrent = (
-            base is not None
-            and bool(last)
-            and last[0] > base
-            and (len(last) < 3 or last[2] != actor.device_id)  # a device never conflicts with itself
-        )
-        if not concurrent:
+        if not written_since(last, base, actor):
             apply[name] = value
             continue
         server_value, device_value = jsonable(getattr(record, name)), jsonable(value)

@@ -40,7 +40,18 @@ from canvass.pipeline.vocabulary import LeadStatus
 from canvass.sync import feed
 from canvass.sync.devices import own_device
 from canvass.sync.hlc import ClockDrift, Timestamp
-from canvass.sync.merge import EDITS, Editable, Policy, find_deleted, jsonable, merge_edit, new_conflict, record_owner
+from canvass.sync.merge import (
+    EDITS,
+    Editable,
+    Policy,
+    deleted_conflict,
+    find_deleted,
+    jsonable,
+    merge_edit,
+    new_conflict,
+    record_owner,
+    written_since,
+)
 from canvass.sync.models import SyncReceipt
 from canvass.sync.wire import (
     MAX_MUTATIONS_PER_PUSH,
@@ -118,9 +129,7 @@ def _delete(entity: str) -> Handler:
             raise
         base = m.base.get(f"{entity}:{target.id}")
         edited_since = sorted(
-            name
-            for name, last in (record.field_versions or {}).items()
-            if base is not None and last[0] > base and (len(last) < 3 or last[2] != actor.device_id)
+            name for name, last in (record.field_versions or {}).items() if written_since(last, base, actor)
         )
         if edited_since:
             # Deleting what someone else just edited would lose their edit
@@ -158,21 +167,7 @@ async def _lead_or_conflict(session: AsyncSession, actor: Actor, m: Mutation, le
         deleted = await find_deleted(session, actor, Lead, lead_id)
         if deleted is None:
             raise
-        conflict = new_conflict(
-            actor,
-            m,
-            entity="lead",
-            record_id=lead_id,
-            owner_id=await record_owner(session, deleted),
-            field=None,
-            policy=Policy.EDIT_VS_DELETE,
-            server_value={"deleted_at": jsonable(deleted.deleted_at)},
-            device_value={"mutation": m.name.value, **m.args},
-            server_hlc=None,
-        )
-        session.add(conflict)
-        await session.flush()
-        return Receipt(seq=m.seq, status=ReceiptStatus.CONFLICT, conflict_id=conflict.id)
+        return await deleted_conflict(session, actor, m, "lead", deleted, {"mutation": m.name.value, **m.args})
 
 
 async def _move_stage(session: AsyncSession, actor: Actor, m: Mutation) -> Receipt:
