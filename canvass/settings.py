@@ -23,6 +23,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     max_body_bytes: int = 1024 * 1024
+    # Database connections each API process keeps open, per pool (it has one for
+    # writes and one for reads). Size it to the requests one process serves at
+    # once: a request beyond it opens and closes a connection of its own, which
+    # costs more than the query it runs.
+    db_pool_size: int = 16
     demo_password: str | None = None
     environment: str = "development"
 
@@ -63,6 +68,7 @@ def get_settings() -> Settings:
         access_token_minutes=int(env.get("CANVASS_ACCESS_TOKEN_MINUTES", "15")),
         refresh_token_days=int(env.get("CANVASS_REFRESH_TOKEN_DAYS", "30")),
         max_body_bytes=int(env.get("CANVASS_MAX_BODY_BYTES", str(1024 * 1024))),
+        db_pool_size=int(env.get("CANVASS_DB_POOL_SIZE", "16")),
         demo_password=env.get("CANVASS_DEMO_PASSWORD") or None,
         environment=env.get("CANVASS_ENV", "development"),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,7 +35,7 @@ from canvass.api.problems import exception_handlers
 from canvass.api.security import build_jwt_auth
 from canvass.db import create_engine, session_factory
 from canvass.settings import Settings, get_settings
-from canvass.sync import feed  # noqa: F401  (publishes every write to the change feed)
+from canvass.sync import feed  # publishes every write to the change feed
 
 API_DESCRIPTION = """
 Canvass manages leads through a seven-stage pipeline (prospecting → qualify →
@@ -59,15 +61,19 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
     @asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
         own_engine = engine is None
-        db_engine = engine or create_engine(settings.async_database_url)
+        db_engine = engine or create_engine(settings.async_database_url, pool_size=settings.db_pool_size)
         # Reads get their own pool of autocommit connections (no BEGIN/COMMIT
         # round trips, and no isolation-level switching on every checkout).
-        read_engine = create_engine(settings.async_database_url, autocommit=True)
+        read_engine = create_engine(settings.async_database_url, pool_size=settings.db_pool_size, autocommit=True)
         app.state.sessionmaker = session_factory(db_engine)
         app.state.read_sessionmaker = session_factory(read_engine)
+        publisher = asyncio.create_task(feed.Publisher(app.state.sessionmaker).run(), name="canvass-feed-publisher")
         try:
             yield
         finally:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
             await read_engine.dispose()
             if own_engine:
                 await db_engine.dispose()

@@ -99,11 +99,11 @@ class Versioned:
 class Synced:
     """Rows that offline devices replicate (see ``canvass/sync/PROTOCOL.md``).
 
-    ``server_version`` is the tenant's change-feed position of the transaction
-    that last wrote the row. Every write sets it to NULL ("written, not yet
-    published"); the sync layer stamps the transaction's version just before
-    commit, so versions become visible in commit order and a device's cursor
-    never skips a change."""
+    ``server_version`` is the tenant's change-feed position of the row's last
+    write. Every write sets it to NULL ("written, not yet published"); the sync
+    layer publishes it with the tenant's next version (``canvass/sync/feed.py``),
+    so versions become visible in order and a device's cursor never skips a
+    change."""
 
     server_version: Mapped[int | None] = mapped_column(BigInteger, default=None, onupdate=null())
 

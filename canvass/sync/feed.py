@@ -1,29 +1,47 @@
-"""The change feed: every committed write of a synced record gets the tenant's
-next server version, in commit order (PROTOCOL.md, "Change feed").
+"""The change feed: every committed write of a synced record gets a server
+version of its tenant, and versions become visible in the order they are handed
+out, so a device's cursor never skips a change (PROTOCOL.md, "Change feed").
 
-Nothing in the pipeline services knows about it. Two session hooks do the work
-for every writer — REST handlers, sync pushes, the importer, the demo loader:
+Nothing in the pipeline services knows about it. Session hooks do the work for
+every writer — REST handlers, sync pushes, the importer, the demo loader:
 
 - at flush, note which tenant tables were written, keep the per-field versions
   the three-way merge needs, and record owner changes (departures);
-- just before commit, advance the tenant's clock (one row, locked until commit)
-  and stamp that version on every row this transaction wrote, by primary key
-  (one statement per table; on PostgreSQL one statement in all). Until then a
-  written row's ``server_version`` is NULL (the column's on-update value), which
-  no pull can mistake for a published version.
+- every write leaves the row's ``server_version`` NULL ("written, not yet
+  published"; the column's on-update value), which no pull can mistake for a
+  published version;
+- *publishing* advances the tenant's clock (one row, locked until the publishing
+  transaction commits) and stamps that version on the unpublished rows.
+
+When it publishes depends on the database. SQLite has one writer at a time, so
+the writing transaction publishes its own rows just before it commits: the clock
+lock costs nothing there. On PostgreSQL that would make the clock row a lock
+that every write transaction of a tenant queues on through its commit — a
+tenant's writes would be serialised on one fsync after another. There a write
+commits unpublished, and its rows are published a moment later, by whoever
+comes first: this process's ``Publisher`` (a fraction of a second after the
+commit) or any pull (which publishes what is pending before it reads). A
+publisher skips rows that a writer holds locked — they are published once it
+commits — so publishing never waits for a writer nor a writer for a publisher's
+long work, and the two cannot deadlock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import uuid
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, Uuid, any_, bindparam, event, inspect, select, update
+from sqlalchemy import Table, Uuid, any_, bindparam, event, exists, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from canvass.db import WRITTEN
+from canvass.db import WRITTEN, Base
 from canvass.pipeline.models import (
     Account,
     Activity,
@@ -45,6 +63,14 @@ server_clock = HybridClock(node=f"server.{os.getpid()}")
 HLC = "canvass.sync.hlc"  # session.info: the timestamp of the mutation being applied
 DEVICE = "canvass.sync.device"  # session.info: the device whose mutation is being applied
 _REASSIGNED = "canvass.sync.reassigned"
+_COMMITTING = "canvass.sync.committing"  # session.info: tenants whose writes this commit leaves unpublished
+
+# Tenants this process has written and not yet published (PostgreSQL). The
+# Publisher drains it; losing it (a crash) loses nothing, since any pull
+# publishes what is pending first.
+PENDING: set[uuid.UUID] = set()
+
+log = logging.getLogger(__name__)
 
 # Columns that are bookkeeping, not something a person edits.
 _NOT_FIELDS = frozenset(
@@ -156,6 +182,24 @@ def _stamp(table: Table, organization_id: uuid.UUID, version: Any, where: Any) -
     return update(table).where(table.c.organization_id == organization_id, where).values(values)
 
 
+@cache
+def feed_tables() -> tuple[Table, ...]:
+    """Every table whose rows devices replicate (the ``Synced`` models)."""
+    tables = {m.local_table for m in Base.registry.mappers if issubclass(m.class_, Synced)}
+    return tuple(sorted(tables, key=lambda t: t.name))  # type: ignore[arg-type, attr-defined]
+
+
+def _unpublished(table: Table, organization_id: uuid.UUID) -> Any:
+    """Rows written and committed but not yet published, except those a writer
+    holds locked right now (published after it commits)."""
+    waiting = (
+        select(table.c.id)
+        .where(table.c.organization_id == organization_id, table.c.server_version.is_(None))
+        .with_for_update(skip_locked=True)
+    )
+    return table.c.id.in_(waiting)
+
+
 _STAMP_CHUNK = 5000  # ids per statement on SQLite (bound-parameter limits)
 
 
@@ -164,10 +208,9 @@ def _publish_tenant(session: Session, organization_id: uuid.UUID, stamps: list[t
     dialect = session.get_bind().dialect.name
     tick = _clock_tick(dialect, organization_id)
     if dialect == "postgresql":
-        # One round trip: the clock and every stamp in one statement (the
-        # data-modifying CTEs share the transaction's view of its own writes).
-        # Ids travel as one array per table, so the statement's text depends
-        # only on which tables were written and stays in the prepared cache.
+        # One round trip: the clock and every stamp in one statement. Ids travel
+        # as one array per table, so the statement's text depends only on which
+        # tables were written and stays in the prepared cache.
         clock = tick.cte("clock")
         version = select(clock.c.version).scalar_subquery()
         ctes = []
@@ -195,6 +238,49 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+async def publish_pending(session: AsyncSession, organization_id: uuid.UUID) -> None:
+    """Publish what the tenant's committed writes left unpublished (PostgreSQL).
+    One statement: on an autocommit connection (the read pool) it is its own
+    transaction; in a session transaction the caller commits. Costs one index
+    probe per feed table when nothing is pending."""
+    if session.get_bind().dialect.name != "postgresql":
+        return  # SQLite publishes inside the writing transaction
+    tables = feed_tables()
+    probes = [exists().where(t.c.organization_id == organization_id, t.c.server_version.is_(None)) for t in tables]
+    if not await session.scalar(select(or_(*probes))):
+        return
+    stamps: list[tuple[Table, Any]] = [(t, _unpublished(t, organization_id)) for t in tables]
+    await session.run_sync(_publish_tenant, organization_id, stamps)
+
+
+class Publisher:
+    """Publishes, a moment after their commit, the writes this process made
+    (PostgreSQL), so devices and the forecast see them without waiting for a
+    pull to do it. Runs for the life of the API process."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], interval: float = 0.1) -> None:
+        self.sessionmaker = sessionmaker
+        self.interval = interval
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.publish_now()
+
+    async def publish_now(self) -> None:
+        tenants = sorted(PENDING)
+        PENDING.difference_update(tenants)
+        for organization_id in tenants:
+            try:
+                async with self.sessionmaker() as session:
+                    await publish_pending(session, organization_id)
+                    await session.commit()
+            except SQLAlchemyError:
+                # Nothing is lost: the rows stay unpublished until the next try or pull.
+                log.warning("publishing tenant %s failed; will retry", organization_id, exc_info=True)
+                PENDING.add(organization_id)
+
+
 @event.listens_for(Session, "before_commit")
 def _publish(session: Session) -> None:
     # The hook also fires when a savepoint is released (one per mutation in a
@@ -206,17 +292,37 @@ def _publish(session: Session) -> None:
         return
     written: Written = session.info.pop(WRITTEN)
     reassigned: list[Lead] = session.info.pop(_REASSIGNED, [])
+    eager = session.get_bind().dialect.name != "postgresql"
     for organization_id in sorted(written):  # a fixed order: two tenants' clocks never deadlock
         stamps: list[tuple[Table, Any]] = [(t, ids) for t, ids in written[organization_id].items() if ids]
+        republish: list[tuple[Table, Any]] = []
         for lead in reassigned:
             if lead.organization_id != organization_id:
                 continue
-            stamps.extend((child, child.c.lead_id == lead.id) for child in _CHILDREN)
+            republish.extend((child, child.c.lead_id == lead.id) for child in _CHILDREN)
             if lead.account_id is not None:
-                stamps.append((_ACCOUNTS, _ACCOUNTS.c.id == lead.account_id))
-                stamps.append((_CONTACTS, _CONTACTS.c.account_id == lead.account_id))
-        if stamps:
-            _publish_tenant(session, organization_id, stamps)
+                republish.append((_ACCOUNTS, _ACCOUNTS.c.id == lead.account_id))
+                republish.append((_CONTACTS, _CONTACTS.c.account_id == lead.account_id))
+        if eager:
+            if stamps or republish:
+                _publish_tenant(session, organization_id, stamps + republish)
+            continue
+        # PostgreSQL: rows written here are already unpublished (NULL); what a
+        # reassignment brings to the new owner is made so too, then published
+        # with them after the commit.
+        for table, condition in republish:
+            session.execute(
+                _stamp(table, organization_id, None, condition), execution_options={"synchronize_session": False}
+            )
+    if not eager:
+        session.info[_COMMITTING] = set(written)
+
+
+@event.listens_for(Session, "after_commit")
+def _hand_to_publisher(session: Session) -> None:
+    tenants = session.info.pop(_COMMITTING, None)
+    if tenants:
+        PENDING.update(tenants)
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -227,3 +333,4 @@ def _forget(session: Session, transaction: Any) -> None:
         return
     session.info.pop(WRITTEN, None)
     session.info.pop(_REASSIGNED, None)
+    session.info.pop(_COMMITTING, None)

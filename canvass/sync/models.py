@@ -19,9 +19,9 @@ from canvass.pipeline.models import Synced, TenantMixin, Versioned
 
 
 class SyncClock(Base):
-    """The tenant's change-feed position: advanced once per committed write
-    transaction, at its very end, under this row's lock (so versions become
-    visible in commit order — PROTOCOL.md, "Change feed")."""
+    """The tenant's change-feed position: advanced once per publication of the
+    tenant's written rows, under this row's lock until that publication commits
+    (so versions become visible in order — PROTOCOL.md, "Change feed")."""
 
     __tablename__ = "sync_clocks"
 

@@ -29,6 +29,7 @@ from canvass.pipeline.schemas import AccountOut, ActivityOut, ContactOut, Object
 from canvass.pipeline.scope import Actor, activity_scope, visible_owner
 from canvass.pipeline.services.leads import to_lead_out
 from canvass.pipeline.services.organizations import cached_pipeline_config
+from canvass.sync import feed
 from canvass.sync.conflicts import conflict_out
 from canvass.sync.devices import own_device
 from canvass.sync.models import SyncClock, SyncConflict, SyncDeparture
@@ -159,8 +160,11 @@ async def _still_visible(session: AsyncSession, actor: Actor, entity: str, recor
 async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str, limit: int) -> PullResponse:
     device = await own_device(session, actor, device_id)
     start = Position.decode(cursor)
-    # Everything up to the clock's committed value is committed (versions are
-    # handed out in commit order), so nothing below it can appear later.
+    # What is committed but not yet published gets a version now, so the pull
+    # sees every write committed before it started. Everything up to the clock's
+    # committed value is committed (the clock row is locked until the rows it
+    # stamps commit), so nothing below it can appear later.
+    await feed.publish_pending(session, actor.organization_id)
     upto = await session.scalar(select(SyncClock.version).where(SyncClock.organization_id == actor.organization_id))
     upto = max(upto or 0, start.version)
     config = await cached_pipeline_config(session, actor.organization_id)

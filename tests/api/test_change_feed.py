@@ -3,6 +3,7 @@ cursor never skips a change (PROTOCOL.md, "Change feed")."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -25,31 +26,32 @@ def _actor(tenant: Tenant) -> Actor:
 
 
 async def _overlapping_writers(
-    sessionmaker: Any, actor: Actor, first: uuid.UUID, second: uuid.UUID, dialect: str
-) -> dict[str, int]:
-    """Writer A starts first and commits last; writer B starts later and commits first."""
-    versions: dict[str, int] = {}
+    sessionmaker: Any, actor: Actor, first: uuid.UUID, second: uuid.UUID, dialect: str, pull: Any
+) -> list[str]:
+    """Writer A starts first and commits last; writer B starts later and commits
+    first; the device pulls between the two commits and after both."""
+    cursors: list[str] = []
     async with sessionmaker() as a:
         await leads.update_lead(a, actor, first, LeadUpdate(next_step="A"))
         if dialect == "postgresql":
-            # B runs while A is open: under a sequence A would hold the smaller number.
+            # B runs and commits while A is open: under a plain sequence A would
+            # hold the smaller number and a pull after B's commit would skip it.
             async with sessionmaker() as b:
                 await leads.update_lead(b, actor, second, LeadUpdate(next_step="B"))
                 await b.commit()
+            cursors.append(await pull())
         await a.commit()
     if dialect != "postgresql":
         # SQLite has one writer at a time (BEGIN IMMEDIATE): B can only follow A.
+        cursors.append(await pull())
         async with sessionmaker() as b:
             await leads.update_lead(b, actor, second, LeadUpdate(next_step="B"))
             await b.commit()
-    async with sessionmaker() as s:
-        rows = await s.execute(select(Lead.id, Lead.server_version).where(Lead.id.in_([first, second])))
-        for lead_id, version in rows:
-            versions["A" if lead_id == first else "B"] = version
-    return versions
+    cursors.append(await pull())
+    return cursors
 
 
-def test_versions_follow_commit_order_and_a_cursor_never_skips(
+def test_a_pull_between_overlapping_commits_skips_neither(
     client: TestClient[Any], tenant: Tenant, database_url: str
 ) -> None:
     device = RawDevice(client, tenant.rep_a)
@@ -57,7 +59,22 @@ def test_versions_follow_commit_order_and_a_cursor_never_skips(
     second = create_lead(client, tenant.rep_a, title="B")
     device.pull_all()
     dialect = "sqlite" if database_url.startswith("sqlite") else "postgresql"
-    versions = run(
+    seen: dict[str, str | None] = {}
+
+    async def pull_on_read_engine() -> str:
+        cursor = device.cursor
+        while True:
+            async with client.app.state.read_sessionmaker() as reader:
+                page = await pull(reader, _actor(tenant), device.device_id, cursor, 100)
+            for change in page.changes:
+                if change.entity == "lead":
+                    seen[str(change.id)] = change.data["next_step"]
+            cursor = page.cursor
+            if not page.has_more:
+                device.cursor = cursor
+                return cursor
+
+    cursors = run(
         client,
         _overlapping_writers,
         client.app.state.sessionmaker,
@@ -65,13 +82,25 @@ def test_versions_follow_commit_order_and_a_cursor_never_skips(
         uuid.UUID(first["id"]),
         uuid.UUID(second["id"]),
         dialect,
+        pull_on_read_engine,
     )
-    if dialect == "postgresql":
-        assert versions["B"] < versions["A"]  # B committed first, so B has the smaller version
-    else:
-        assert versions["A"] < versions["B"]
-    records, _ = device.pull_all()
-    assert {records[("lead", first["id"])]["next_step"], records[("lead", second["id"])]["next_step"]} == {"A", "B"}
+    assert cursors[0] != cursors[1]  # the second pull found A's write, published after the first
+    assert (seen[first["id"]], seen[second["id"]]) == ("A", "B")
+
+
+def test_writes_are_published_without_a_pull(client: TestClient[Any], tenant: Tenant) -> None:
+    """On PostgreSQL the API process publishes its tenants' writes a moment after
+    they commit; on SQLite the write transaction publishes itself."""
+    lead = create_lead(client, tenant.rep_a)
+
+    async def version() -> int | None:
+        async with client.app.state.read_sessionmaker() as s:
+            return await s.scalar(select(Lead.server_version).where(Lead.id == uuid.UUID(lead["id"])))
+
+    deadline = time.monotonic() + 10
+    while (published := run(client, version)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert published is not None and published > 0
 
 
 async def _pull_between(sessionmaker: Any, actor: Actor, lead_id: uuid.UUID, pull: Any) -> Any:

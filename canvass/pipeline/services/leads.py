@@ -80,7 +80,7 @@ async def get_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *, f
 def _lead_by_id(actor: Actor) -> Select[Any]:
     """The statement that reads one lead in the actor's scope, built once per
     caller; only the id varies, as a bound parameter."""
-    return select(Lead.__table__).where(Lead.id == bindparam("lead_id"), lead_scope(actor))
+    return select(*_lead_out_columns()).where(Lead.id == bindparam("lead_id"), lead_scope(actor))
 
 
 async def read_lead(
@@ -104,7 +104,7 @@ async def list_leads(
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[Sequence[Lead], str | None]:
-    stmt = select(Lead.__table__).where(lead_scope(actor))
+    stmt = select(*_lead_out_columns()).where(lead_scope(actor))
     if filters.owner_id:
         stmt = stmt.where(Lead.owner_id == filters.owner_id)
     if filters.stage:
@@ -411,6 +411,14 @@ def lead_probability(lead: Lead | Row[Any], config: PipelineConfig | None = None
 
 
 _LEAD_STORED_FIELDS = tuple(f for f in LeadOut.__struct_fields__ if f not in ("probability", "qualification_score"))
+
+
+@functools.cache
+def _lead_out_columns() -> tuple[Any, ...]:
+    """The columns a lead's response is made of. Reads for display select only
+    these: the sync bookkeeping (per-field versions, a JSON document per row) and
+    the report columns would be decoded on every row and then thrown away."""
+    return tuple(Lead.__table__.c[name] for name in _LEAD_STORED_FIELDS)
 
 
 def to_lead_out(lead: Lead | Row[Any], config: PipelineConfig | None = None) -> LeadOut:
