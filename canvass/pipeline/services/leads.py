@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from canvass.db import utcnow
 from canvass.errors import AlreadyExists, InvalidReference, NotFound
 from canvass.ids import new_id
-from canvass.pipeline import stages
+from canvass.pipeline import stage_summary, stages
 from canvass.pipeline.config import PipelineConfig, decode_config
 from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, Organization, StageChange
 from canvass.pipeline.schemas import (
@@ -172,6 +172,7 @@ def _record_change(
         imported=imported,
     )
     session.add(change)
+    stage_summary.apply_to(lead, from_stage, at)  # the summary the funnel reports read
     return change
 
 
