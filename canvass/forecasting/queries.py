@@ -20,7 +20,10 @@ from sqlalchemy import (
     Float,
     Integer,
     SmallInteger,
+    Uuid,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
     column,
@@ -34,6 +37,7 @@ from sqlalchemy import (
     union_all,
     values,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -444,6 +448,17 @@ async def lead_history(
     lead's position in the id order is its index; its owner's index is the order
     in which owners first appear there.
     """
+    return _history_from_columns(*await history_columns(session, organization_id, scope))
+
+
+async def history_columns(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    scope: ColumnElement[bool] | None = None,
+    lead_ids: list[uuid.UUID] | None = None,
+) -> tuple[_Columns, _Columns]:
+    """The two queries of :func:`lead_history` as columns; with ``lead_ids``, only those leads
+    (the history cache re-reads the leads the change feed says were written)."""
     dialect = session.get_bind().dialect.name
     narrowed = [scope] if scope is not None else []
     lead_rows = (
@@ -473,13 +488,30 @@ async def lead_history(
         .where(StageChange.organization_id == organization_id, *in_scope)
         .order_by(StageChange.lead_id, StageChange.at, StageChange.id)
     )
-    if dialect == "postgresql":
+    if lead_ids is not None:
+        ids = sorted(lead_ids)  # chunks in id order keep the rows in id order
+        if dialect == "postgresql":  # one array parameter, however many ids
+            array = bindparam("lead_ids", ids, type_=postgresql.ARRAY(Uuid()))
+            leads = await _copy_binary(session, lead_rows.where(Lead.id == any_(array)), _LEAD_FIELDS)
+            changes = await _copy_binary(
+                session, change_rows.where(StageChange.lead_id == any_(array)), _CHANGE_FIELDS, group_key="lead"
+            )
+        else:  # bound-parameter limits: a few thousand ids per statement
+            chunks = [ids[i : i + _IDS_PER_STATEMENT] for i in range(0, len(ids), _IDS_PER_STATEMENT)]
+            leads = await _fetch_columns(session, [lead_rows.where(Lead.id.in_(c)) for c in chunks], _LEAD_FIELDS)
+            changes = await _fetch_columns(
+                session, [change_rows.where(StageChange.lead_id.in_(c)) for c in chunks], _CHANGE_FIELDS, "lead"
+            )
+    elif dialect == "postgresql":
         leads = await _copy_binary(session, lead_rows, _LEAD_FIELDS)
         changes = await _copy_binary(session, change_rows, _CHANGE_FIELDS, group_key="lead")
     else:
-        leads = await _fetch_columns(session, lead_rows, _LEAD_FIELDS)
-        changes = await _fetch_columns(session, change_rows, _CHANGE_FIELDS, group_key="lead")
-    return _history_from_columns(leads, changes)
+        leads = await _fetch_columns(session, [lead_rows], _LEAD_FIELDS)
+        changes = await _fetch_columns(session, [change_rows], _CHANGE_FIELDS, group_key="lead")
+    return leads, changes
+
+
+_IDS_PER_STATEMENT = 5000
 
 
 # Columns of the two history queries: name, numpy type on PostgreSQL's binary COPY (big-endian), and
@@ -632,20 +664,22 @@ _FETCH_PARTITION = 100_000
 
 
 async def _fetch_columns(
-    session: AsyncSession, stmt: Any, fields: tuple[tuple[str, str, str], ...], group_key: str | None = None
+    session: AsyncSession, stmts: list[Any], fields: tuple[tuple[str, str, str], ...], group_key: str | None = None
 ) -> _Columns:
     """The same columns from ordinary rows, a partition at a time (SQLite): ids are the hex text
-    SQLAlchemy stores, days are computed by the database."""
+    SQLAlchemy stores, days are computed by the database. Several statements' rows are joined in
+    the order given."""
     collector = _Collector(fields, group_key)
-    result = await session.stream(stmt.execution_options(yield_per=_FETCH_PARTITION))
-    async for rows in result.partitions(_FETCH_PARTITION):
-        columns = list(zip(*rows, strict=True))
-        collector.add(
-            {
-                name: np.array([v.hex for v in column] if native.startswith("S") else column, dtype=native)
-                for (name, _, native), column in zip(fields, columns, strict=True)
-            }
-        )
+    for stmt in stmts:
+        result = await session.stream(stmt.execution_options(yield_per=_FETCH_PARTITION))
+        async for rows in result.partitions(_FETCH_PARTITION):
+            columns = list(zip(*rows, strict=True))
+            collector.add(
+                {
+                    name: np.array([v.hex for v in column] if native.startswith("S") else column, dtype=native)
+                    for (name, _, native), column in zip(fields, columns, strict=True)
+                }
+            )
     return collector.result()
 
 
