@@ -29,30 +29,35 @@ STAGES = ("prospecting", "qualify", "approach", "negotiate", "handle_objections"
 COLUMNS = (*(f"{kind}_{stage}_at" for stage in STAGES for kind in ("entered", "exited")), "reached_stage")
 
 
-def backfill_sql() -> str:
-    """Every lead's summary from its stage changes, in one UPDATE.
+def backfill_sql(*, one_tenant: bool = False) -> str:
+    """Every lead's summary from its stage changes, in one UPDATE (``one_tenant``: only
+    the leads of the organization bound as ``:organization_id``).
 
     ``entries``: per lead, the first advancing change into each stage (status open or
     won after it, and the stage changed, or the creation row) and the furthest stage
     such a change reached. ``exits``: per lead, the first change that left each stage
-    (to another stage, any status) at or after that first entry. Leads without
-    stage changes keep NULLs."""
+    (to another stage, any status) from a visit entered at or after that first entry
+    (``from_stage_entered_at``: a lost deal's earlier stay in close, left by a reopen
+    at the very instant the deal then advanced into close, is not that visit). Leads
+    without stage changes keep NULLs."""
     entered = ",\n".join(f"MIN(CASE WHEN to_stage = '{s}' THEN at END) AS e{i}" for i, s in enumerate(STAGES))
     reached = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STAGES))
     exited = ",\n".join(
-        f"MIN(CASE WHEN c.from_stage = '{s}' AND c.at >= e.e{i} THEN c.at END) AS x{i}" for i, s in enumerate(STAGES)
+        f"MIN(CASE WHEN c.from_stage = '{s}' AND COALESCE(c.from_stage_entered_at, c.at) >= e.e{i} THEN c.at END) AS x{i}"
+        for i, s in enumerate(STAGES)
     )
     assignments = ",\n".join(
         [f"entered_{s}_at = e.e{i}, exited_{s}_at = x.x{i}" for i, s in enumerate(STAGES)]
         + ["reached_stage = e.reached"]
     )
+    tenant = " AND organization_id = :organization_id" if one_tenant else ""
     return f"""
 WITH entries AS (
     SELECT organization_id, lead_id,
     {entered},
     MAX(CASE to_stage {reached} END) AS reached
     FROM stage_changes
-    WHERE status IN ('open', 'won') AND (from_stage IS NULL OR from_stage <> to_stage)
+    WHERE status IN ('open', 'won') AND (from_stage IS NULL OR from_stage <> to_stage){tenant}
     GROUP BY organization_id, lead_id
 ), exits AS (
     SELECT c.organization_id, c.lead_id,
