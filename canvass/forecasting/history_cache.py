@@ -46,7 +46,9 @@ import asyncio
 import collections
 import uuid
 import weakref
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -75,6 +77,10 @@ class TenantHistory:
     owners: np.ndarray  # owner ids as sortable bytes, in the order first met (codes only grow)
     raw: bool  # ids as raw bytes (PostgreSQL's binary COPY), else as hex text
     refresh: str  # how this entry was made: "full" or "patch:<leads re-read>"
+    # Answers computed from these arrays, per scope (None: the tenant; else the visible owners'
+    # codes) and the caller's key: the maths is deterministic, so the same question on the same
+    # version has the same answer. Dropped with the entry when a write moves the version on.
+    results: dict[tuple[int, ...] | None, dict[Hashable, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def n_leads(self) -> int:
@@ -139,18 +145,39 @@ async def tenant_history(session: AsyncSession, organization_id: uuid.UUID) -> T
         return fresh
 
 
-async def history_for(session: AsyncSession, actor: Actor) -> tuple[LeadHistory, int]:
+@dataclass(frozen=True, eq=False)
+class ScopedHistory:
+    """The leads an actor sees, from the tenant's cached history."""
+
+    history: LeadHistory
+    version: int  # the tenant's change-feed version it reflects (at least)
+    results: dict[Hashable, Any]  # answers already computed for this scope and version (see TenantHistory)
+
+
+MAX_RESULTS = 64  # answers kept per scope and version
+
+
+async def history_for(session: AsyncSession, actor: Actor) -> ScopedHistory:
     """The history of the leads the actor sees (an admin: the tenant's; anyone else: the leads
     owned by someone they see), and the feed version it reflects."""
     entry = await tenant_history(session, actor.organization_id)
     if actor.is_admin:
-        return entry.history, entry.version
-    visible = (
-        await session.scalars(
-            select(User.id).where(User.organization_id == actor.organization_id, visible_owner(actor, User.id))
-        )
-    ).all()
-    return await anyio.to_thread.run_sync(_owned_by, entry, list(visible)), entry.version
+        history, scope = entry.history, None
+    else:
+        visible = (
+            await session.scalars(
+                select(User.id).where(User.organization_id == actor.organization_id, visible_owner(actor, User.id))
+            )
+        ).all()
+        codes = _owner_codes(entry, list(visible))
+        history, scope = await anyio.to_thread.run_sync(subset_owned, entry, codes), tuple(codes.tolist())
+    results = entry.results.setdefault(scope, {})
+    if len(results) > MAX_RESULTS:
+        results.clear()
+    if len(entry.results) > MAX_RESULTS:
+        entry.results.clear()
+        results = entry.results.setdefault(scope, {})
+    return ScopedHistory(history=history, version=entry.version, results=results)
 
 
 async def _clock(session: AsyncSession, organization_id: uuid.UUID) -> int:
@@ -291,11 +318,14 @@ def _patched(
     )
 
 
-def _owned_by(entry: TenantHistory, owner_ids: list[uuid.UUID]) -> LeadHistory:
+def _owner_codes(entry: TenantHistory, owner_ids: list[uuid.UUID]) -> np.ndarray:
+    """The codes of those owners that own leads of the tenant."""
+    return np.flatnonzero(np.isin(entry.owners, _uuid_keys(owner_ids, entry.raw)))
+
+
+def subset_owned(entry: TenantHistory, codes: np.ndarray) -> LeadHistory:
     """The tenant history narrowed to the leads of these owners: the same arrays a scoped
     ``lead_history`` read gives (leads in id order, owners numbered as first met among them)."""
-    keys = _uuid_keys(owner_ids, entry.raw)
-    codes = np.flatnonzero(np.isin(entry.owners, keys))
     return subset(entry.history, np.isin(entry.owner_code, codes), entry.owner_code)
 
 

@@ -118,7 +118,8 @@ async def revenue_forecast(
     async with queries.analytic_settings(session):
         # The tenant's history is kept in the process and refreshed from the change feed
         # (history_cache); the actor's leads are masked from it by owner.
-        history, version = await history_cache.history_for(session, actor)
+        scoped = await history_cache.history_for(session, actor)
+    history, version = scoped.history, scoped.version
     if history.created.size == 0:
         empty = [
             Forecast(
@@ -130,8 +131,12 @@ async def revenue_forecast(
         ]  # fmt: skip
         return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=0, forecasts=empty, history_version=version)
     weighted = _weighted_config(await pipeline_config(session, actor.organization_id))
-    # The maths is CPU work (seconds at a million leads): off the event loop, as the backtest.
-    forecasts = await anyio.to_thread.run_sync(_all_methods, history, as_of, list(horizons), weighted)
+    # The maths is CPU work (seconds at a million leads): off the event loop, as the backtest;
+    # deterministic, so an answer already given on this history version is given again.
+    key = ("revenue", as_of, tuple(horizons), msgspec.json.encode(weighted))
+    if key not in scoped.results:
+        scoped.results[key] = await anyio.to_thread.run_sync(_all_methods, history, as_of, list(horizons), weighted)
+    forecasts = list(scoped.results[key])
     return RevenueForecast(
         as_of=as_of.isoformat(),
         leads_in_history=int(history.created.size),
@@ -295,7 +300,7 @@ async def backtest(
     """Replay the history the actor sees at monthly as-of dates and score every
     method. The maths runs in a worker thread: it is CPU work, not I/O."""
     async with queries.analytic_settings(session):
-        history, _ = await history_cache.history_for(session, actor)
+        history = (await history_cache.history_for(session, actor)).history
     if history.created.size == 0:
         return BacktestReport(as_of=[], results=[], origins=[])
     if from_date is None:

@@ -120,8 +120,9 @@ async def _compare(client: TestClient[Any], tenant: Tenant) -> history_cache.Ten
         _assert_same(entry.history, await lead_history(session, tenant.organization_id), "tenant")
         for who in PEOPLE:
             actor = _actor(tenant, who)
-            got, version = await history_cache.history_for(session, actor)
-            assert version == entry.version
+            scoped = await history_cache.history_for(session, actor)
+            got = scoped.history
+            assert scoped.version == entry.version
             expected = await lead_history(session, tenant.organization_id, scope=lead_scope(actor))
             _assert_same(got, expected, who)
     return entry
@@ -187,3 +188,26 @@ def test_lru_keeps_at_most_the_configured_tenants(
     run(client, read, other_tenant.organization_id)
     orgs = [org for _, org in history_cache._cache.entries]
     assert orgs == [other_tenant.organization_id]
+
+
+def test_an_answer_is_reused_only_on_the_same_version_and_scope(client: TestClient[Any], tenant: Tenant) -> None:
+    run(client, _load, client, tenant)
+    as_of = dt.date(2024, 9, 1)
+
+    async def forecast(who: str) -> tuple[Any, int]:
+        actor = _actor(tenant, who)
+        async with client.app.state.sessionmaker() as session:
+            result = await revenue_forecast(session, actor, [30], as_of=as_of)
+            scoped = await history_cache.history_for(session, actor)
+        return result, len(scoped.results)
+
+    first, memo = run(client, forecast, "admin")
+    assert memo == 1
+    again, _ = run(client, forecast, "admin")
+    assert again == first
+    rep, _ = run(client, forecast, "rep_a")
+    assert rep.leads_in_history < first.leads_in_history and rep.forecasts != first.forecasts
+    run(client, _random_writes, client, tenant, random.Random(4), 4)
+    after, memo = run(client, forecast, "admin")
+    assert after.history_version is not None and first.history_version is not None
+    assert after.history_version > first.history_version and memo == 1
