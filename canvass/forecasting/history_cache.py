@@ -59,6 +59,7 @@ from canvass.forecasting import queries
 from canvass.forecasting.history import LeadHistory
 from canvass.pipeline.models import Lead, StageChange, User
 from canvass.pipeline.scope import Actor, visible_owner
+from canvass.sync import feed  # noqa: F401  (the cache trusts the feed: writes in this process must be stamped)
 from canvass.sync.models import SyncClock
 
 MAX_TENANTS = 4  # tenants cached per process
