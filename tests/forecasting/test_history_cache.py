@@ -188,6 +188,16 @@ def test_lru_keeps_at_most_the_configured_tenants(
     run(client, read, other_tenant.organization_id)
     orgs = [org for _, org in history_cache._cache.entries]
     assert orgs == [other_tenant.organization_id]
+    # The lead budget: a 40-lead tenant over a budget of 39 stays while it is the newest, and goes
+    # when another tenant is stored.
+    history_cache.clear()
+    monkeypatch.setattr(history_cache, "MAX_TENANTS", 4)
+    monkeypatch.setattr(history_cache, "MAX_CACHED_LEADS", 39)
+    run(client, _load, client, tenant)
+    run(client, read, tenant.organization_id)
+    assert [org for _, org in history_cache._cache.entries] == [tenant.organization_id]
+    run(client, read, other_tenant.organization_id)
+    assert [org for _, org in history_cache._cache.entries] == [other_tenant.organization_id]
 
 
 def test_an_answer_is_reused_only_on_the_same_version_and_scope(client: TestClient[Any], tenant: Tenant) -> None:
