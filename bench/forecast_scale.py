@@ -121,6 +121,10 @@ class Tenant:
     category: np.ndarray
     expected_close: np.ndarray  # day number
     updated: np.ndarray
+    # the stage summary the service keeps on each lead (canvass.pipeline.stage_summary), µs or -1
+    entered: np.ndarray  # (lead, stage): first advancing entry
+    exited: np.ndarray  # (lead, stage): end of that first visit
+    reached: np.ndarray  # furthest stage an advancing change reached, -1 if none
     # stage changes, sorted by lead then time
     c_hi: np.ndarray
     c_lo: np.ndarray
@@ -255,6 +259,9 @@ def generate(n_leads: int, n_reps: int, n_accounts: int, now_us: int, seed: int 
         (stage_entered + (np.maximum(CLOSE - stage, 1) * 8 + 10) * US_PER_DAY) // US_PER_DAY,
         closed // US_PER_DAY,
     )
+    summary_entered, summary_exited, summary_reached = stage_summary(
+        n, lead, c_from, c_to, c_status, c_at, c_from_entered
+    )
     lead_hi, lead_lo = _uuid7_like(created // 1000, rng)
     c_hi, c_lo = _uuid7_like(c_at // 1000, rng)
     return Tenant(
@@ -274,6 +281,9 @@ def generate(n_leads: int, n_reps: int, n_accounts: int, now_us: int, seed: int 
         category=category,
         expected_close=expected_close,
         updated=c_at[last],
+        entered=summary_entered,
+        exited=summary_exited,
+        reached=summary_reached,
         c_hi=c_hi,
         c_lo=c_lo,
         c_lead=lead,
@@ -284,6 +294,41 @@ def generate(n_leads: int, n_reps: int, n_accounts: int, now_us: int, seed: int 
         c_at=c_at,
         c_from_entered=c_from_entered,
     )
+
+
+def stage_summary(
+    n: int,
+    lead: np.ndarray,
+    c_from: np.ndarray,
+    c_to: np.ndarray,
+    c_status: np.ndarray,
+    c_at: np.ndarray,
+    c_from_entered: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The leads' stage summary from their history (rows sorted by lead, then time), as the
+    service keeps it and migration 0004 rebuilds it: per stage the first advancing entry (status
+    open or won after a change of stage, or the creation) and the first change that left the
+    visit entered then; the furthest stage an advancing change reached."""
+    advancing = ((c_status == OPEN) | (c_status == WON)) & (c_from != c_to)  # the creation row has c_from -1
+    entered = np.full((n, len(STAGES)), -1, np.int64)
+    exited = np.full((n, len(STAGES)), -1, np.int64)
+
+    def first_per_lead(rows: np.ndarray) -> np.ndarray:
+        keep = np.ones(rows.size, bool)
+        keep[1:] = lead[rows][1:] != lead[rows][:-1]
+        return rows[keep]
+
+    for s in range(len(STAGES)):
+        into = first_per_lead(np.flatnonzero(advancing & (c_to == s)))
+        entered[lead[into], s] = c_at[into]
+        out = np.flatnonzero((c_from == s) & (c_to != s))
+        since = entered[lead[out], s]
+        visit_entered = np.where(c_from_entered[out] >= 0, c_from_entered[out], c_at[out])
+        out = first_per_lead(out[(since >= 0) & (visit_entered >= since)])
+        exited[lead[out], s] = c_at[out]
+    reached = np.full(n, -1, np.int64)
+    np.maximum.at(reached, lead[advancing], c_to[advancing])
+    return entered, exited, reached
 
 
 # -- rows as the database stores them ---------------------------------------------------------
@@ -318,6 +363,7 @@ LEAD_COLUMNS = (
     "stage_entered_at", "forecast_category", "probability_override", "qualification",
     "qualification_override_reason", "visit_plan", "next_step", "closing_signals", "closing_method",
     "loss_reason", "competitor", "lost_at_stage", "closed_at", "deleted_at", "created_at", "updated_at", "version",
+    *(f"{kind}_{stage}_at" for stage in STAGES for kind in ("entered", "exited")), "reached_stage",
 )  # fmt: skip
 CHANGE_COLUMNS = (
     "organization_id", "id", "lead_id", "from_stage", "to_stage", "status", "amount", "at",
@@ -367,6 +413,9 @@ def lead_rows(t: Tenant, who: People, lo: int, hi: int, sqlite: bool) -> list[tu
         _stamps(t.updated[sl], sqlite),
         [1] * n,
     ]
+    for s in range(len(STAGES)):
+        columns += [_stamps(t.entered[sl, s], sqlite), _stamps(t.exited[sl, s], sqlite)]
+    columns.append([None if r < 0 else r for r in t.reached[sl].tolist()])
     return list(zip(*columns, strict=True))
 
 

@@ -20,21 +20,32 @@ from sqlalchemy import (
     Float,
     Integer,
     SmallInteger,
+    Uuid,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
+    column,
     false,
     func,
     literal_column,
+    or_,
     select,
     text,
+    true,
+    union_all,
+    values,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from canvass.db import UTCDateTime
 from canvass.forecasting.history import STATUSES, LeadHistory
 from canvass.pipeline.models import Account, Lead, StageChange, Team, User
 from canvass.pipeline.scope import Actor, lead_scope, subtree_members, visible_owner
+from canvass.pipeline.stage_summary import entered_column, exited_column
 from canvass.pipeline.vocabulary import STAGE_ORDER, LeadStatus
 
 STAGE_INDEX = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
@@ -110,7 +121,8 @@ def _stage_index(column: Any) -> Any:
 def _days(dialect: str, later: Any, earlier: Any) -> Any:
     """Fractional days between two timestamp columns, per dialect."""
     if dialect == "postgresql":
-        return func.extract("epoch", later - earlier) / 86400.0
+        # date_part, not extract: extract returns numeric since PostgreSQL 14 (slower by far over 1M rows).
+        return func.date_part("epoch", later - earlier) / 86400.0
     return func.julianday(later) - func.julianday(earlier)
 
 
@@ -130,57 +142,40 @@ class StageFlow(msgspec.Struct, kw_only=True):
 
 
 async def stage_flow(session: AsyncSession, actor: Actor, cut: FunnelCut, period: Period) -> StageFlow:
-    """One pass over the history of the leads that entered any stage in the period.
+    """The leads that entered any stage in the period, from the stage summary on
+    ``leads`` (``canvass.pipeline.stage_summary``): one pass over the leads in the
+    cut, no history.
 
-    Only moves that keep the deal alive count as reaching a stage: a lost deal
-    that jumps to `close` has not reached `close`.
+    A lead entered a stage in the period when its *first* advancing entry into it
+    falls in the period; its furthest stage is the furthest an advancing move
+    reached. Only moves that keep the deal alive count as reaching a stage: a lost
+    deal that jumps to `close` has not reached `close`.
     """
     in_cut = await _cut_condition(session, actor, cut)
-    org = actor.organization_id
-    advancing = and_(
-        StageChange.status.in_((LeadStatus.OPEN.value, LeadStatus.WON.value)),
-        (StageChange.from_stage.is_(None)) | (StageChange.from_stage != StageChange.to_stage),
-    )
-    in_period = and_(StageChange.at >= period.start, StageChange.at < period.end)
-    # One pass over the advancing changes of the leads in the cut (a lead created after the period
-    # cannot have entered a stage in it), grouped by lead: which stages it entered in the period (a
-    # flag per stage), the furthest it has reached, and whether it belongs to the period's cohort.
-    entered = [
-        func.max(case((and_(in_period, StageChange.to_stage == stage), 1), else_=0)).label(f"entered_{i}")
-        for stage, i in STAGE_INDEX.items()
+    entered_in_period = [
+        and_(column >= period.start, column < period.end)
+        for column in (getattr(Lead, entered_column(stage.value)) for stage in STAGE_ORDER)
     ]
-    per_lead = (
-        select(
-            *entered,
-            func.max(_stage_index(StageChange.to_stage)).label("furthest_stage"),
-            Lead.status.label("status"),
-            Lead.amount.label("amount"),
-        )
-        .join(Lead, and_(Lead.organization_id == StageChange.organization_id, Lead.id == StageChange.lead_id))
-        .where(StageChange.organization_id == org, advancing, in_cut, Lead.created_at < period.end)
-        .group_by(StageChange.lead_id, Lead.status, Lead.amount)
-        .having(func.max(case((in_period, 1), else_=0)) == 1)
-        .subquery()
+    # The stages entered in the period as one bit mask: one grouping key, not seven (PostgreSQL
+    # multiplies its guesses of the distinct values of each key and would sort 400,000 rows
+    # instead of hashing them into the few dozen groups there are).
+    mask: Any = sum(
+        (case((condition, 1 << i), else_=0) for i, condition in enumerate(entered_in_period)), literal_column("0")
     )
-    flags = [per_lead.c[f"entered_{i}"] for i in STAGE_INDEX.values()]
+    furthest = func.coalesce(Lead.reached_stage, -1)
     rows = (
         await session.execute(
-            select(
-                *flags,
-                per_lead.c.furthest_stage,
-                per_lead.c.status,
-                func.count(),
-                func.coalesce(func.sum(per_lead.c.amount), 0.0),
-            ).group_by(*flags, per_lead.c.furthest_stage, per_lead.c.status)
+            select(mask, furthest, Lead.status, func.count(), func.coalesce(func.sum(Lead.amount), 0.0))
+            .where(in_cut, or_(*entered_in_period))
+            .group_by(mask, furthest, Lead.status)
         )
     ).all()
-    n = len(flags)
     return StageFlow(
-        entered_mask=np.array([sum(int(bit) << i for i, bit in enumerate(r[:n])) for r in rows], dtype=np.int64),
-        furthest_stage=np.array([int(r[n]) for r in rows], dtype=np.int64),
-        status=[r[n + 1] for r in rows],
-        leads=np.array([int(r[n + 2]) for r in rows], dtype=np.int64),
-        amount=np.array([float(r[n + 3]) for r in rows], dtype=np.float64),
+        entered_mask=np.array([int(r[0]) for r in rows], dtype=np.int64),
+        furthest_stage=np.array([int(r[1]) for r in rows], dtype=np.int64),
+        status=[r[2] for r in rows],
+        leads=np.array([int(r[3]) for r in rows], dtype=np.int64),
+        amount=np.array([float(r[4]) for r in rows], dtype=np.float64),
     )
 
 
@@ -196,26 +191,43 @@ class StageDurations(msgspec.Struct, kw_only=True):
 
 
 async def stage_durations(session: AsyncSession, actor: Actor, cut: FunnelCut, period: Period) -> StageDurations:
+    """Time in each stage, from the stage summary on ``leads``: a lead's first visit
+    of a stage (from its first advancing entry to the next change that left the
+    stage) counts when it ended in the period. PostgreSQL reads the seven stages
+    of each lead in one pass (a LATERAL VALUES); SQLite a UNION ALL of seven."""
     dialect = session.get_bind().dialect.name
     in_cut = await _cut_condition(session, actor, cut)
-    days = _days(dialect, StageChange.at, StageChange.from_stage_entered_at)
-    whole = _whole_days(dialect, days)
-    stage = _stage_index(StageChange.from_stage)
-    rows = (
-        await session.execute(
-            select(stage, whole, func.count(), func.sum(days))
-            .join(Lead, and_(Lead.organization_id == StageChange.organization_id, Lead.id == StageChange.lead_id))
-            .where(
-                StageChange.organization_id == actor.organization_id,
-                StageChange.at >= period.start,
-                StageChange.at < period.end,
-                StageChange.from_stage.is_not(None),
-                StageChange.from_stage != StageChange.to_stage,
-                StageChange.from_stage_entered_at.is_not(None),
-                in_cut,
+    pairs = [
+        (i, getattr(Lead, entered_column(stage.value)), getattr(Lead, exited_column(stage.value)))
+        for i, stage in enumerate(STAGE_ORDER)
+    ]
+    visits: Any
+    if dialect == "postgresql":
+        visits = (
+            values(
+                column("stage", SmallInteger), column("entered", UTCDateTime), column("exited", UTCDateTime), name="v"
             )
-            .group_by(stage, whole)
+            .data([(literal_column(str(i)), entered, exited) for i, entered, exited in pairs])
+            .lateral()
         )
+        source = select(visits.c.stage, visits.c.entered, visits.c.exited).select_from(Lead).join(visits, true())
+        ended = and_(visits.c.exited >= period.start, visits.c.exited < period.end)
+        # Leads whose first visit of no stage ended in the period are skipped before the unnest.
+        any_ended = or_(*(and_(exited >= period.start, exited < period.end) for _, _, exited in pairs))
+        visit = source.where(in_cut, any_ended, ended).subquery()
+    else:
+        visit = union_all(
+            *(
+                select(literal_column(str(i)).label("stage"), entered.label("entered"), exited.label("exited")).where(
+                    in_cut, exited >= period.start, exited < period.end
+                )
+                for i, entered, exited in pairs
+            )
+        ).subquery()
+    days = _days(dialect, visit.c.exited, visit.c.entered)
+    whole = _whole_days(dialect, days)
+    rows = (
+        await session.execute(select(visit.c.stage, whole, func.count(), func.sum(days)).group_by(visit.c.stage, whole))
     ).all()
     return StageDurations(
         stage=np.array([int(r[0]) for r in rows], dtype=np.int64),
@@ -441,6 +453,17 @@ async def lead_history(
     lead's position in the id order is its index; its owner's index is the order
     in which owners first appear there.
     """
+    return _history_from_columns(*await history_columns(session, organization_id, scope))
+
+
+async def history_columns(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    scope: ColumnElement[bool] | None = None,
+    lead_ids: list[uuid.UUID] | None = None,
+) -> tuple[_Columns, _Columns]:
+    """The two queries of :func:`lead_history` as columns; with ``lead_ids``, only those leads
+    (the history cache re-reads the leads the change feed says were written)."""
     dialect = session.get_bind().dialect.name
     narrowed = [scope] if scope is not None else []
     lead_rows = (
@@ -470,13 +493,30 @@ async def lead_history(
         .where(StageChange.organization_id == organization_id, *in_scope)
         .order_by(StageChange.lead_id, StageChange.at, StageChange.id)
     )
-    if dialect == "postgresql":
+    if lead_ids is not None:
+        ids = sorted(lead_ids)  # chunks in id order keep the rows in id order
+        if dialect == "postgresql":  # one array parameter, however many ids
+            array = bindparam("lead_ids", ids, type_=postgresql.ARRAY(Uuid()))
+            leads = await _copy_binary(session, lead_rows.where(Lead.id == any_(array)), _LEAD_FIELDS)
+            changes = await _copy_binary(
+                session, change_rows.where(StageChange.lead_id == any_(array)), _CHANGE_FIELDS, group_key="lead"
+            )
+        else:  # bound-parameter limits: a few thousand ids per statement
+            chunks = [ids[i : i + _IDS_PER_STATEMENT] for i in range(0, len(ids), _IDS_PER_STATEMENT)]
+            leads = await _fetch_columns(session, [lead_rows.where(Lead.id.in_(c)) for c in chunks], _LEAD_FIELDS)
+            changes = await _fetch_columns(
+                session, [change_rows.where(StageChange.lead_id.in_(c)) for c in chunks], _CHANGE_FIELDS, "lead"
+            )
+    elif dialect == "postgresql":
         leads = await _copy_binary(session, lead_rows, _LEAD_FIELDS)
         changes = await _copy_binary(session, change_rows, _CHANGE_FIELDS, group_key="lead")
     else:
-        leads = await _fetch_columns(session, lead_rows, _LEAD_FIELDS)
-        changes = await _fetch_columns(session, change_rows, _CHANGE_FIELDS, group_key="lead")
-    return _history_from_columns(leads, changes)
+        leads = await _fetch_columns(session, [lead_rows], _LEAD_FIELDS)
+        changes = await _fetch_columns(session, [change_rows], _CHANGE_FIELDS, group_key="lead")
+    return leads, changes
+
+
+_IDS_PER_STATEMENT = 5000
 
 
 # Columns of the two history queries: name, numpy type on PostgreSQL's binary COPY (big-endian), and
@@ -629,20 +669,22 @@ _FETCH_PARTITION = 100_000
 
 
 async def _fetch_columns(
-    session: AsyncSession, stmt: Any, fields: tuple[tuple[str, str, str], ...], group_key: str | None = None
+    session: AsyncSession, stmts: list[Any], fields: tuple[tuple[str, str, str], ...], group_key: str | None = None
 ) -> _Columns:
     """The same columns from ordinary rows, a partition at a time (SQLite): ids are the hex text
-    SQLAlchemy stores, days are computed by the database."""
+    SQLAlchemy stores, days are computed by the database. Several statements' rows are joined in
+    the order given."""
     collector = _Collector(fields, group_key)
-    result = await session.stream(stmt.execution_options(yield_per=_FETCH_PARTITION))
-    async for rows in result.partitions(_FETCH_PARTITION):
-        columns = list(zip(*rows, strict=True))
-        collector.add(
-            {
-                name: np.array([v.hex for v in column] if native.startswith("S") else column, dtype=native)
-                for (name, _, native), column in zip(fields, columns, strict=True)
-            }
-        )
+    for stmt in stmts:
+        result = await session.stream(stmt.execution_options(yield_per=_FETCH_PARTITION))
+        async for rows in result.partitions(_FETCH_PARTITION):
+            columns = list(zip(*rows, strict=True))
+            collector.add(
+                {
+                    name: np.array([v.hex for v in column] if native.startswith("S") else column, dtype=native)
+                    for (name, _, native), column in zip(fields, columns, strict=True)
+                }
+            )
     return collector.result()
 
 

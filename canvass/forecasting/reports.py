@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 import anyio.to_thread
 import msgspec
-from sqlalchemy import ColumnElement, and_, select, true
+from sqlalchemy import and_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
-from canvass.forecasting import funnel, queries, rollup
+from canvass.forecasting import funnel, history_cache, queries, rollup
 from canvass.forecasting.backtest import BacktestReport, run_backtest
 from canvass.forecasting.baselines import Forecast, WeightedPipelineConfig, naive_last_h, weighted_pipeline
 from canvass.forecasting.history import LeadHistory, as_date
@@ -21,7 +21,7 @@ from canvass.forecasting.learned import learned_many
 from canvass.ids import new_id
 from canvass.pipeline.config import PipelineConfig
 from canvass.pipeline.models import ForecastSnapshot, Team, User
-from canvass.pipeline.scope import Actor, lead_scope, visible_owner
+from canvass.pipeline.scope import Actor, visible_owner
 from canvass.pipeline.services import quotas
 from canvass.pipeline.services.organizations import pipeline_config
 from canvass.pipeline.vocabulary import Role
@@ -99,15 +99,11 @@ class RevenueForecast(msgspec.Struct, kw_only=True):
     as_of: str
     leads_in_history: int
     forecasts: list[Forecast]
+    # The tenant's change-feed version the history reflects (at least): writes committed up to it are in.
+    history_version: int | None = None
 
 
 FORECAST_METHODS = ("learned", "weighted_pipeline", "naive_last_h")
-
-
-def _history_scope(actor: Actor) -> ColumnElement[bool] | None:
-    """The leads whose history a forecast reads: an admin's are the tenant's (no narrowing needed,
-    so the stage changes are read without a join), anyone else's their scope."""
-    return None if actor.is_admin else lead_scope(actor)
 
 
 def _weighted_config(config: PipelineConfig) -> WeightedPipelineConfig:
@@ -120,7 +116,10 @@ async def revenue_forecast(
     """Every method's forecast over the leads the actor sees, from their history."""
     as_of = as_of or utcnow().date()
     async with queries.analytic_settings(session):
-        history = await queries.lead_history(session, actor.organization_id, scope=_history_scope(actor))
+        # The tenant's history is kept in the process and refreshed from the change feed
+        # (history_cache); the actor's leads are masked from it by owner.
+        scoped = await history_cache.history_for(session, actor)
+    history, version = scoped.history, scoped.version
     if history.created.size == 0:
         empty = [
             Forecast(
@@ -130,11 +129,20 @@ async def revenue_forecast(
             for m in FORECAST_METHODS
             for h in horizons
         ]  # fmt: skip
-        return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=0, forecasts=empty)
+        return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=0, forecasts=empty, history_version=version)
     weighted = _weighted_config(await pipeline_config(session, actor.organization_id))
-    # The maths is CPU work (seconds at a million leads): off the event loop, as the backtest.
-    forecasts = await anyio.to_thread.run_sync(_all_methods, history, as_of, list(horizons), weighted)
-    return RevenueForecast(as_of=as_of.isoformat(), leads_in_history=int(history.created.size), forecasts=forecasts)
+    # The maths is CPU work (seconds at a million leads): off the event loop, as the backtest;
+    # deterministic, so an answer already given on this history version is given again.
+    key = ("revenue", as_of, tuple(horizons), msgspec.json.encode(weighted))
+    if key not in scoped.results:
+        scoped.results[key] = await anyio.to_thread.run_sync(_all_methods, history, as_of, list(horizons), weighted)
+    forecasts = list(scoped.results[key])
+    return RevenueForecast(
+        as_of=as_of.isoformat(),
+        leads_in_history=int(history.created.size),
+        forecasts=forecasts,
+        history_version=version,
+    )
 
 
 def _all_methods(
@@ -292,7 +300,7 @@ async def backtest(
     """Replay the history the actor sees at monthly as-of dates and score every
     method. The maths runs in a worker thread: it is CPU work, not I/O."""
     async with queries.analytic_settings(session):
-        history = await queries.lead_history(session, actor.organization_id, scope=_history_scope(actor))
+        history = (await history_cache.history_for(session, actor)).history
     if history.created.size == 0:
         return BacktestReport(as_of=[], results=[], origins=[])
     if from_date is None:

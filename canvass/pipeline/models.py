@@ -26,6 +26,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -285,6 +286,27 @@ class Lead(TenantMixin, FieldVersioned, Versioned, Base):
     lost_at_stage: Mapped[str | None] = mapped_column(String(20))
     closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Stage summary, derived from the stage changes when each is written (see
+    # ``pipeline.stage_summary``): funnel reports read these instead of scanning the
+    # history, which stays the source of truth. ``entered_<stage>_at``: the first
+    # time the lead advanced into the stage (an open or won move that changed the
+    # stage, or the creation); ``exited_<stage>_at``: when that first visit ended;
+    # ``reached_stage``: the furthest stage (index in STAGE_ORDER) an advancing move reached.
+    entered_prospecting_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    exited_prospecting_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entered_qualify_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    exited_qualify_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entered_approach_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    exited_approach_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entered_negotiate_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    exited_negotiate_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entered_handle_objections_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    exited_handle_objections_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entered_close_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    exited_close_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entered_after_sale_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    exited_after_sale_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    reached_stage: Mapped[int | None] = mapped_column(SmallInteger)
 
     __table_args__ = (
         _feed_index("leads"),

@@ -52,6 +52,7 @@ from canvass.pipeline.models import (
     StageChange,
     Synced,
 )
+from canvass.pipeline.stage_summary import SUMMARY_COLUMNS
 from canvass.sync.hlc import HybridClock
 from canvass.sync.models import SyncClock, SyncDeparture
 
@@ -72,10 +73,11 @@ PENDING: set[uuid.UUID] = set()
 
 log = logging.getLogger(__name__)
 
-# Columns that are bookkeeping, not something a person edits.
+# Columns that are bookkeeping, not something a person edits (the lead's stage
+# summary is derived by the server from its history; devices never send it).
 _NOT_FIELDS = frozenset(
     {"id", "organization_id", "created_at", "updated_at", "version", "server_version", "field_versions"}
-)
+) | frozenset(SUMMARY_COLUMNS)
 # Owner changes make a record leave someone's scope: devices must hear of it.
 _OWNED = {Lead: "lead", Account: "account"}
 

@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import insert, select
+from sqlalchemy import insert, literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
 from canvass.errors import BatchTooLarge, CanvassError, InvalidValue, NotFound, SeqGap
-from canvass.pipeline.models import Lead
+from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection
 from canvass.pipeline.schemas import (
     AccountCreate,
     ActivityComplete,
@@ -34,8 +34,9 @@ from canvass.pipeline.schemas import (
     OutcomeRecord,
     StageMove,
 )
-from canvass.pipeline.scope import Actor, lead_scope
+from canvass.pipeline.scope import Actor, activity_scope, lead_scope
 from canvass.pipeline.services import accounts, activities, leads
+from canvass.pipeline.services.common import PRELOADED
 from canvass.pipeline.vocabulary import LeadStatus
 from canvass.sync import feed
 from canvass.sync.devices import own_device
@@ -100,7 +101,9 @@ def _create(create: Callable[[AsyncSession, Actor, Any], Awaitable[Any]], struct
         data = msgspec.convert(m.args, struct)
         if getattr(data, "id", None) is None:
             raise InvalidValue("A record created offline carries the id the device made (UUIDv7).", field="args.id")
-        await create(session, actor, data)
+        created = await create(session, actor, data)
+        if (preloaded := session.info.get(PRELOADED)) is not None:
+            preloaded["held"].append(created)  # a later mutation of the push may take it from the session
         return _applied(m)
 
     return handle
@@ -318,26 +321,87 @@ async def apply_group(session: AsyncSession, actor: Actor, group: Sequence[Mutat
         session.info.pop(feed.HLC, None)
 
 
-def _lead_named(m: Mutation) -> uuid.UUID | None:
-    """The lead a mutation changes or hangs a record on, if any."""
-    if m.name is MutationName.LEAD_CREATE:
-        return None
-    raw = m.args.get("id") if m.name.value.startswith("lead.") else m.args.get("lead_id")
+def _uuid(raw: Any) -> uuid.UUID | None:
     try:
         return uuid.UUID(raw) if isinstance(raw, str) else None
     except ValueError:
         return None
 
 
-async def _lock_leads(session: AsyncSession, actor: Actor, mutations: Sequence[Mutation]) -> None:
-    """Lock every lead the push touches, in id order, before applying anything:
-    two pushes (say, a rep's phone and tablet) then queue instead of deadlocking
-    on each other's leads."""
-    ids = sorted({lead_id for m in mutations if (lead_id := _lead_named(m)) is not None})
-    if ids:
-        await session.execute(
-            select(Lead.id).where(lead_scope(actor), Lead.id.in_(ids)).order_by(Lead.id).with_for_update()
+def _lead_named(m: Mutation) -> uuid.UUID | None:
+    """The lead a mutation changes or hangs a record on, if any."""
+    if m.name is MutationName.LEAD_CREATE:
+        return None
+    return _uuid(m.args.get("id") if m.name.value.startswith("lead.") else m.args.get("lead_id"))
+
+
+# Mutations that create a record with the id the device made, and the table.
+_CREATES: dict[MutationName, type[Any]] = {
+    MutationName.LEAD_CREATE: Lead,
+    MutationName.ACTIVITY_LOG: Activity,
+    MutationName.OBJECTION_ADD: Objection,
+    MutationName.ACCOUNT_CREATE: Account,
+    MutationName.CONTACT_CREATE: Contact,
+}
+_ACTIVITY_STEPS = frozenset(
+    {MutationName.ACTIVITY_CHECK_IN, MutationName.ACTIVITY_CHECK_OUT, MutationName.ACTIVITY_COMPLETE}
+)
+
+
+async def _preload(session: AsyncSession, actor: Actor, mutations: Sequence[Mutation]) -> None:
+    """Read up front, one query per table, what the push's mutations name, so
+    that the services need not ask again record by record
+    (``services.common.PRELOADED``):
+
+    - every lead the push touches, in the actor's scope, locked in id order: two
+      pushes (say, a rep's phone and tablet) then queue instead of deadlocking on
+      each other's leads;
+    - the activities it checks in, out or completes, in the actor's scope;
+    - which of the ids it creates records with do not exist yet (the services'
+      duplicate-id checks).
+    """
+    lead_ids = sorted({lead_id for m in mutations if (lead_id := _lead_named(m)) is not None})
+    activity_ids = {a for m in mutations if m.name in _ACTIVITY_STEPS and (a := _uuid(m.args.get("id")))}
+    created: dict[type[Any], set[uuid.UUID]] = {}
+    for m in mutations:
+        model = _CREATES.get(m.name)
+        if model is not None and (record_id := _uuid(m.args.get("id"))) is not None:
+            created.setdefault(model, set()).add(record_id)
+    read: dict[type[Any], set[uuid.UUID]] = {Lead: set(), Activity: set()}
+    held: list[Any] = []
+    if lead_ids:
+        held.extend(
+            await session.scalars(
+                select(Lead).where(lead_scope(actor), Lead.id.in_(lead_ids)).order_by(Lead.id).with_for_update()
+            )
         )
+        read[Lead].update(lead.id for lead in held)
+    if activity_ids:
+        found = (
+            await session.scalars(select(Activity).where(activity_scope(actor), Activity.id.in_(sorted(activity_ids))))
+        ).all()
+        read[Activity].update(activity.id for activity in found)
+        held.extend(found)
+    absent: dict[type[Any], set[uuid.UUID]] = {}
+    if created:
+        models = list(created)
+        taken = union_all(
+            *(
+                select(literal(i).label("kind"), model.id).where(
+                    model.organization_id == actor.organization_id, model.id.in_(sorted(created[model]))
+                )
+                for i, model in enumerate(models)
+            )
+        )
+        existing: dict[type[Any], set[uuid.UUID]] = {model: set() for model in models}
+        for kind, record_id in await session.execute(taken):
+            existing[models[kind]].add(record_id)
+        absent = {model: created[model] - existing[model] for model in models}
+    # Records this push creates are the actor's own once created: the services
+    # may take them from the session too.
+    read[Lead].update(created.get(Lead, ()))
+    read[Activity].update(created.get(Activity, ()))
+    session.info[PRELOADED] = {"read": read, "absent": absent, "held": held}
 
 
 def _check_order(mutations: Sequence[Mutation]) -> None:
@@ -371,13 +435,14 @@ async def push(session: AsyncSession, actor: Actor, request: PushRequest) -> Pus
     if fresh:
         device_actor = msgspec.structs.replace(actor, device_id=device.device_id)
         session.info[feed.DEVICE] = device.device_id
-        await _lock_leads(session, device_actor, fresh)
         try:
+            await _preload(session, device_actor, fresh)
             new = []
             for i in range(0, len(fresh), GROUP):
                 new.extend(await apply_group(session, device_actor, fresh[i : i + GROUP]))
         finally:
             session.info.pop(feed.DEVICE, None)
+            session.info.pop(PRELOADED, None)
         now = utcnow()
         await session.execute(
             insert(SyncReceipt),

@@ -22,7 +22,7 @@ from canvass.pipeline.schemas import (
 )
 from canvass.pipeline.scope import Actor, activity_scope
 from canvass.pipeline.services.accounts import get_account
-from canvass.pipeline.services.common import apply_patch, check_version, paginate, timestamp_key
+from canvass.pipeline.services.common import apply_patch, check_version, exists, paginate, preloaded, timestamp_key
 from canvass.pipeline.services.leads import get_lead
 from canvass.pipeline.vocabulary import ActivityKind, LeadStatus
 
@@ -41,7 +41,9 @@ class ActivityFilters(msgspec.Struct, kw_only=True):
 
 
 async def get_activity(session: AsyncSession, actor: Actor, activity_id: uuid.UUID) -> Activity:
-    activity = await session.scalar(select(Activity).where(Activity.id == activity_id, activity_scope(actor)))
+    activity = preloaded(session, actor, Activity, activity_id) or await session.scalar(
+        select(Activity).where(Activity.id == activity_id, activity_scope(actor))
+    )
     if activity is None:
         raise NotFound(f"No activity {activity_id}.", resource="activity", id=str(activity_id))
     return activity
@@ -86,7 +88,7 @@ async def log_activity(session: AsyncSession, actor: Actor, data: ActivityCreate
         )
         if contact_account is None or contact_account != account_id:
             raise InvalidReference("The contact must belong to the activity's account.", field="contact_id")
-    if data.id is not None and await session.get(Activity, (actor.organization_id, data.id)) is not None:
+    if data.id is not None and await exists(session, Activity, (actor.organization_id, data.id)):
         raise AlreadyExists(f"Activity {data.id} already exists.", id=str(data.id))
     fields = msgspec.to_builtins(data, builtin_types=(uuid.UUID, dt.datetime, dt.date))
     if data.id is None:
@@ -152,7 +154,7 @@ async def add_objection(session: AsyncSession, actor: Actor, lead_id: uuid.UUID,
     lead = await get_lead(session, actor, lead_id)
     if lead.status != LeadStatus.OPEN.value:
         raise RuleViolation("lead.not_open", f"Cannot raise an objection on a {lead.status} lead.")
-    if data.id is not None and await session.get(Objection, (actor.organization_id, data.id)) is not None:
+    if data.id is not None and await exists(session, Objection, (actor.organization_id, data.id)):
         raise AlreadyExists(f"Objection {data.id} already exists.", id=str(data.id))
     fields = msgspec.to_builtins(data, builtin_types=(uuid.UUID,))
     if data.id is None:

@@ -11,9 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, inspect, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from canvass.errors import Forbidden, InvalidReference, InvalidValue, StaleWrite
 from canvass.pipeline.models import Team, User
@@ -22,6 +24,53 @@ from canvass.pipeline.scope import Actor, may_assign_to
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 200
+
+# session.info: what a writer of many records at once (a sync push) read up
+# front in this transaction — {"read": {model: ids read in the actor's scope
+# (leads: and locked) or created by this transaction}, "absent": {model: ids
+# that do not exist}, "held": the records themselves (the session's identity
+# map holds them only weakly)} — so that the services it calls, record by
+# record, need not ask the database again.
+PRELOADED = "canvass.preloaded"
+
+
+_UNPUBLISHED = {"server_version"}
+
+
+def preloaded(session: AsyncSession, actor: Actor, model: type[T], record_id: uuid.UUID) -> T | None:
+    """The record as the session holds it, if it was read (leads: and locked) up
+    front in this transaction and is still plainly in the actor's scope — their
+    own and not deleted; else None, and the caller asks the database."""
+    info = session.info.get(PRELOADED)
+    if info is None or record_id not in info["read"].get(model, ()):
+        return None
+    obj: Any = session.identity_map.get(identity_key(model, (actor.organization_id, record_id)))
+    if obj is None:
+        return None
+    state = inspect(obj)
+    if state.expired_attributes == _UNPUBLISHED and not state.expired:
+        # After an UPDATE the ORM expires a synced row's change-feed version
+        # (its on-update value is SQL); it is NULL until the commit stamps it.
+        set_committed_value(obj, "server_version", None)
+    if state.expired or state.expired_attributes or state.deleted or state.detached:
+        return None  # e.g. after a savepoint rolled back: read it again
+    if getattr(obj, "deleted_at", None) is not None or obj.owner_id != actor.user_id:
+        return None
+    found: T = obj
+    return found
+
+
+async def exists(session: AsyncSession, model: type[Any], key: tuple[uuid.UUID, uuid.UUID]) -> bool:
+    """Is there a row with this primary key (deleted or not)? ``session.get``,
+    without a round trip for an id found absent up front in this transaction."""
+    info = session.info.get(PRELOADED)
+    if (
+        info is not None
+        and key[1] in info["absent"].get(model, ())
+        and session.identity_map.get(identity_key(model, key)) is None
+    ):
+        return False
+    return await session.get(model, key) is not None
 
 
 class SortKey(msgspec.Struct, frozen=True):

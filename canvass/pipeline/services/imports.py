@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import Base, mark_written, utcnow
 from canvass.ids import new_id
+from canvass.pipeline import stage_summary
 from canvass.pipeline.models import Account, Contact, Lead, StageChange, Team, User
 from canvass.pipeline.schemas import Currency, Email, Input, LongText, Money, Name, ShortText, Timestamp
 from canvass.pipeline.scope import Actor, may_assign_to
@@ -201,6 +202,7 @@ def _lead_and_changes(
     stage: str | None = None
     entered: dt.datetime | None = None
     lost_at: str | None = None
+    summary = stage_summary.empty_summary()  # the leads' stage summary, as the service keeps it
     for entry in row.history:
         changes.append(
             {
@@ -218,6 +220,9 @@ def _lead_and_changes(
                 "note": entry.note,
                 "imported": True,
             }
+        )
+        summary.update(
+            stage_summary.apply_change(summary.__getitem__, stage, entry.to_stage.value, entry.status.value, entry.at)
         )
         if entry.status is LeadStatus.LOST and stage is not None:
             lost_at = stage
@@ -261,6 +266,7 @@ def _lead_and_changes(
         "created_at": row.created_at or first.at,
         "updated_at": now,
         "version": 1,
+        **summary,
     }
     return lead, changes
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from canvass.db import utcnow
 from canvass.errors import AlreadyExists, InvalidReference, NotFound
 from canvass.ids import new_id
-from canvass.pipeline import stages
+from canvass.pipeline import stage_summary, stages
 from canvass.pipeline.config import PipelineConfig, decode_config
 from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, Organization, StageChange
 from canvass.pipeline.schemas import (
@@ -37,7 +37,9 @@ from canvass.pipeline.services.common import (
     apply_patch,
     check_owner,
     check_version,
+    exists,
     paginate,
+    preloaded,
     timestamp_key,
 )
 from canvass.pipeline.vocabulary import ForecastCategory, LeadStatus, Outcome, Stage
@@ -70,7 +72,9 @@ def _lead_model_by_id(actor: Actor, for_update: bool) -> Select[Any]:
 
 async def get_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *, for_update: bool = False) -> Lead:
     """The lead, if the actor may see it. Out of scope looks the same as missing."""
-    lead = await session.scalar(_lead_model_by_id(actor, for_update), {"lead_id": lead_id})
+    lead = preloaded(session, actor, Lead, lead_id) or await session.scalar(
+        _lead_model_by_id(actor, for_update), {"lead_id": lead_id}
+    )
     if lead is None:
         raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
     return lead
@@ -172,6 +176,7 @@ def _record_change(
         imported=imported,
     )
     session.add(change)
+    stage_summary.apply_to(lead, from_stage, at)  # the summary the funnel reports read
     return change
 
 
@@ -180,7 +185,7 @@ async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, 
     if owner_id != actor.user_id:
         await check_owner(session, actor, owner_id)
     await _check_references(session, actor, data.account_id, data.primary_contact_id)
-    if data.id is not None and await session.get(Lead, (actor.organization_id, data.id)) is not None:
+    if data.id is not None and await exists(session, Lead, (actor.organization_id, data.id)):
         raise AlreadyExists(f"Lead {data.id} already exists.", id=str(data.id))
     now = at or utcnow()
     fields = msgspec.to_builtins(data, builtin_types=(uuid.UUID, dt.date))

@@ -1,0 +1,358 @@
+"""Each tenant's lead history kept in the worker process, refreshed from the change feed.
+
+Reading a tenant's whole history (``queries.lead_history``: every lead and every stage change)
+is what a forecast costs at scale — 1,000,000 leads and 5,000,000 changes take tens of seconds
+to scan and order, the maths on the arrays a second or two. So the tenant-wide arrays stay in
+the process, stamped with the tenant's change-feed version (``sync_clocks``, canvass/sync/feed.py:
+every committed write of a lead or a stage change carries the version of its transaction, and
+versions become visible in commit order). On each request:
+
+- read the tenant's clock (one row); equal to the cached version: the arrays are current;
+- ahead: the leads written since (leads and stage changes with ``server_version`` above the
+  cached version, by the feed indexes) are re-read whole — the lead row and all of its stage
+  changes, through the same statements as ``lead_history`` — and spliced into the arrays in
+  place of their old records (a deleted lead just leaves); past ``FULL_REREAD_SHARE`` of the
+  tenant, or if the clock went back (a restored database), everything is read again.
+
+The race: the clock is read first, then rows. A transaction committing in between may show in
+the rows although the cache is stamped with the older version; the next request re-reads those
+leads (their versions are above the stamp), and re-reading a lead whole is idempotent. Nothing
+committed at or below the stamp can be missed: the clock row is locked from a writer's tick to
+its commit, so a version is visible only once every smaller one is.
+
+The result is the same arrays a fresh ``lead_history`` read gives (tests compare them after
+random writes through the services, on SQLite and PostgreSQL). A rep's or manager's forecast
+masks the tenant's arrays by owner: the owners the caller sees come from one query built on
+``scope.visible_owner``, the same rule ``lead_scope`` applies in SQL.
+
+Memory: per 1,000,000 leads with 5,000,000 stage changes, the ``LeadHistory`` holds ~37 B a lead
+(created, closed, both start indexes as int64, owner int32, status int8) and 17 B a stage change
+(lead and day int64, stage int8) plus ~1.8 amount records a lead at 24 B; the cache adds the lead
+ids (16 B a lead on PostgreSQL, 32 B as SQLite's hex text) and owner codes (4 B). Measured on the
+1,000,000-lead scale tenant (5,007,228 changes, 1,780,550 amount records): 185 MB. At most
+``MAX_TENANTS`` tenants and ``MAX_CACHED_LEADS`` leads in all are kept per process, least recently
+used first out. A refresh builds new arrays beside the old ones (the old are dropped once the new
+are stored), so a refresh of the largest tenant briefly needs twice its figure; the peak of a
+server process stays the cold read's (~780-860 MiB at 1,000,000 leads, under the 1 GiB bar).
+
+Concurrency: the cache is read and replaced on the event loop; one ``asyncio.Lock`` per tenant
+makes a second request wait for the first one's refresh instead of reading everything again. An
+entry is never modified once stored (a refresh builds a new one), so maths running in worker
+threads on an older entry's arrays is unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+import weakref
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from sqlalchemy import select, union
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from canvass.forecasting import queries
+from canvass.forecasting.history import LeadHistory
+from canvass.pipeline.models import Lead, StageChange, User
+from canvass.pipeline.scope import Actor, visible_owner
+from canvass.sync import feed  # noqa: F401  (the cache trusts the feed: writes in this process must be stamped)
+from canvass.sync.models import SyncClock
+
+MAX_TENANTS = 4  # tenants cached per process
+MAX_CACHED_LEADS = 1_500_000  # leads cached per process, all tenants: ~280 MB, + a cold 1M read stays < 1 GiB
+FULL_REREAD_SHARE = 0.05  # more leads written than this share of the tenant since the cached version: read all
+
+
+@dataclass(frozen=True, eq=False)
+class TenantHistory:
+    """One tenant's cached history: never modified once built."""
+
+    version: int  # the tenant's change-feed version the arrays reflect (at least)
+    history: LeadHistory  # every lead not deleted, in id order; owners numbered tenant-wide
+    ids: np.ndarray  # per lead, its id as sortable bytes (PostgreSQL: raw, S16; SQLite: hex, S32)
+    owner_code: np.ndarray  # per lead, int32 index into ``owners``
+    owners: np.ndarray  # owner ids as sortable bytes, in the order first met (codes only grow)
+    raw: bool  # ids as raw bytes (PostgreSQL's binary COPY), else as hex text
+    refresh: str  # how this entry was made: "full" or "patch:<leads re-read>"
+    # Answers computed from these arrays, per scope (None: the tenant; else the visible owners'
+    # codes) and the caller's key: the maths is deterministic, so the same question on the same
+    # version has the same answer. Dropped with the entry when a write moves the version on.
+    results: dict[tuple[int, ...] | None, dict[Hashable, Any]] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_leads(self) -> int:
+        return int(self.ids.size)
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.entries: collections.OrderedDict[tuple[str, uuid.UUID], TenantHistory] = collections.OrderedDict()
+        # Locks belong to an event loop: one table per loop (tests run several loops in one process).
+        self.locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, uuid.UUID], asyncio.Lock]]
+        self.locks = weakref.WeakKeyDictionary()
+
+    def lock(self, key: tuple[str, uuid.UUID]) -> asyncio.Lock:
+        table = self.locks.setdefault(asyncio.get_running_loop(), {})
+        return table.setdefault(key, asyncio.Lock())
+
+    def get(self, key: tuple[str, uuid.UUID]) -> TenantHistory | None:
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple[str, uuid.UUID], entry: TenantHistory) -> None:
+        self.entries.pop(key, None)  # the old arrays go before the next ones are counted
+        self.entries[key] = entry
+        while len(self.entries) > 1 and (
+            len(self.entries) > MAX_TENANTS or sum(e.n_leads for e in self.entries.values()) > MAX_CACHED_LEADS
+        ):
+            self.entries.popitem(last=False)
+
+
+_cache = _Cache()
+
+
+def clear() -> None:
+    """Forget every cached history (tests; a restored database)."""
+    _cache.entries.clear()
+
+
+async def tenant_history(session: AsyncSession, organization_id: uuid.UUID) -> TenantHistory:
+    """The tenant's whole history as of (at least) its current change-feed version."""
+    key = (session.get_bind().engine.url.render_as_string(hide_password=True), organization_id)
+    async with _cache.lock(key):
+        clock = await _clock(session, organization_id)
+        entry = _cache.get(key)
+        if entry is not None and entry.version == clock:
+            return entry
+        fresh: TenantHistory | None = None
+        if entry is not None and entry.version < clock:
+            limit = max(int(FULL_REREAD_SHARE * entry.n_leads), 1)
+            written = await _written_leads(session, organization_id, entry.version, limit)
+            if written is not None:
+                leads, changes = await queries.history_columns(session, organization_id, lead_ids=written)
+                fresh = await anyio.to_thread.run_sync(_patched, entry, clock, written, leads, changes)
+        if fresh is None:
+            leads, changes = await queries.history_columns(session, organization_id)
+            raw = session.get_bind().dialect.name == "postgresql"
+            fresh = await anyio.to_thread.run_sync(_built, clock, raw, leads, changes)
+        del entry
+        _cache.put(key, fresh)
+        return fresh
+
+
+@dataclass(frozen=True, eq=False)
+class ScopedHistory:
+    """The leads an actor sees, from the tenant's cached history."""
+
+    history: LeadHistory
+    version: int  # the tenant's change-feed version it reflects (at least)
+    results: dict[Hashable, Any]  # answers already computed for this scope and version (see TenantHistory)
+
+
+MAX_RESULTS = 64  # answers kept per scope and version
+
+
+async def history_for(session: AsyncSession, actor: Actor) -> ScopedHistory:
+    """The history of the leads the actor sees (an admin: the tenant's; anyone else: the leads
+    owned by someone they see), and the feed version it reflects."""
+    entry = await tenant_history(session, actor.organization_id)
+    if actor.is_admin:
+        history, scope = entry.history, None
+    else:
+        visible = (
+            await session.scalars(
+                select(User.id).where(User.organization_id == actor.organization_id, visible_owner(actor, User.id))
+            )
+        ).all()
+        codes = _owner_codes(entry, list(visible))
+        history, scope = await anyio.to_thread.run_sync(subset_owned, entry, codes), tuple(codes.tolist())
+    results = entry.results.setdefault(scope, {})
+    if len(results) > MAX_RESULTS:
+        results.clear()
+    if len(entry.results) > MAX_RESULTS:
+        entry.results.clear()
+        results = entry.results.setdefault(scope, {})
+    return ScopedHistory(history=history, version=entry.version, results=results)
+
+
+async def _clock(session: AsyncSession, organization_id: uuid.UUID) -> int:
+    version = await session.scalar(select(SyncClock.version).where(SyncClock.organization_id == organization_id))
+    return int(version or 0)  # no clock row: nothing was ever written through the feed
+
+
+async def _written_leads(
+    session: AsyncSession, organization_id: uuid.UUID, since: int, limit: int
+) -> list[uuid.UUID] | None:
+    """Ids of the leads written after version ``since`` (the lead row or one of its stage changes);
+    None when there are more than ``limit`` (read everything instead)."""
+    stmt = union(
+        select(Lead.id).where(Lead.organization_id == organization_id, Lead.server_version > since),
+        select(StageChange.lead_id).where(
+            StageChange.organization_id == organization_id, StageChange.server_version > since
+        ),
+    ).limit(limit + 1)
+    ids = list((await session.scalars(select(stmt.subquery().c[0]))).all())
+    return None if len(ids) > limit else ids
+
+
+def _keys(ids: np.ndarray, raw: bool) -> np.ndarray:
+    """Id columns as sortable bytes (an empty column comes typed as the hex text even on PostgreSQL)."""
+    return queries._sortable(ids).astype("S16" if raw else "S32")
+
+
+def _uuid_keys(ids: list[uuid.UUID], raw: bool) -> np.ndarray:
+    """UUIDs as the sortable bytes the history columns use (raw on PostgreSQL, hex text on SQLite)."""
+    if raw:
+        return np.array(sorted(u.bytes for u in ids), dtype="S16")
+    return np.array(sorted(u.hex for u in ids), dtype="S32")
+
+
+def _built(version: int, raw: bool, leads: queries._Columns, changes: queries._Columns) -> TenantHistory:
+    history = queries._history_from_columns(leads, changes)
+    owners, first, code = np.unique(_keys(leads.data["owner"], raw), return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # codes in the order owners are first met
+    rank = np.empty(order.size, np.int32)
+    rank[order] = np.arange(order.size, dtype=np.int32)
+    return TenantHistory(
+        version=version,
+        history=history,
+        ids=_keys(leads.data["id"], raw),
+        owner_code=rank[code.reshape(-1)],
+        owners=owners[order],
+        raw=raw,
+        refresh="full",
+    )
+
+
+def _owner_numbers(codes: np.ndarray) -> np.ndarray:
+    """Owners numbered in the order they first appear among the leads (as ``lead_history`` does)."""
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse.reshape(-1)].astype(np.int32)
+
+
+def _patched(
+    old: TenantHistory, version: int, written: list[uuid.UUID], leads: queries._Columns, changes: queries._Columns
+) -> TenantHistory:
+    """``old`` with every written lead's records replaced by its re-read ones (``leads``/``changes``:
+    the rows of those of them that are not deleted)."""
+    part = queries._history_from_columns(leads, changes)  # the same per-lead normalisation as a full read
+    part_ids = _keys(leads.data["id"], old.raw)
+    # The part's owners, coded in the tenant's table (new owners appended).
+    owners = old.owners
+    index = {key: code for code, key in enumerate(owners.tolist())}
+    part_owner_keys = _keys(leads.data["owner"], old.raw).tolist()
+    new_owners = [k for k in dict.fromkeys(part_owner_keys) if k not in index]
+    if new_owners:
+        index.update({k: len(index) + i for i, k in enumerate(new_owners)})
+        owners = np.concatenate([owners, np.array(new_owners, dtype=owners.dtype)])
+    part_codes = np.array([index[k] for k in part_owner_keys], np.int32)
+
+    # Which old leads go (every written one still there), where the part's leads go.
+    n = old.n_leads
+    written_keys = _uuid_keys(written, old.raw)
+    keep = np.ones(n, bool)
+    if n and written_keys.size:
+        pos = np.minimum(np.searchsorted(old.ids, written_keys), n - 1)
+        keep[pos[old.ids[pos] == written_keys]] = False
+    kept_ids = old.ids[keep]
+    at = np.searchsorted(kept_ids, part_ids)  # the part's ids are all written ones: never among the kept
+    ids = np.insert(kept_ids, at, part_ids)
+    m = ids.size
+    part_new = at + np.arange(part_ids.size)
+    is_part = np.zeros(m, bool)
+    is_part[part_new] = True
+    old_to_new = np.full(n, -1, np.int64)
+    old_to_new[keep] = np.flatnonzero(~is_part)
+
+    h, p = old.history, part
+
+    def per_lead(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.insert(a[keep], at, b.astype(a.dtype, copy=False))
+
+    def records(lead: np.ndarray, p_lead: np.ndarray, columns: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        kept = keep[lead]
+        kept_lead = old_to_new[lead[kept]]
+        new_lead = part_new[p_lead]
+        where = np.searchsorted(kept_lead, new_lead)  # a lead's records all come from one side
+        out = [np.insert(kept_lead, where, new_lead)]
+        out += [np.insert(a[kept], where, b.astype(a.dtype, copy=False)) for a, b in columns]
+        return out
+
+    stage_lead, stage_day, stage_to = records(
+        h.stage_lead, p.stage_lead, [(h.stage_day, p.stage_day), (h.stage_to, p.stage_to)]
+    )
+    amount_lead, amount_day, amount = records(
+        h.amount_lead, p.amount_lead, [(h.amount_day, p.amount_day), (h.amount, p.amount)]
+    )
+    owner_code = per_lead(old.owner_code, part_codes)
+    every = np.arange(m)
+    history = LeadHistory(
+        created=per_lead(h.created, p.created),
+        owner=_owner_numbers(owner_code),
+        status=per_lead(h.status, p.status),
+        closed=per_lead(h.closed, p.closed),
+        amount_lead=amount_lead,
+        amount_day=amount_day,
+        amount=amount,
+        stage_lead=stage_lead,
+        stage_day=stage_day,
+        stage_to=stage_to,
+        amount_start=np.searchsorted(amount_lead, every),
+        stage_start=np.searchsorted(stage_lead, every),
+    )
+    return TenantHistory(
+        version=version,
+        history=history,
+        ids=ids,
+        owner_code=owner_code,
+        owners=owners,
+        raw=old.raw,
+        refresh=f"patch:{len(written)}",
+    )
+
+
+def _owner_codes(entry: TenantHistory, owner_ids: list[uuid.UUID]) -> np.ndarray:
+    """The codes of those owners that own leads of the tenant."""
+    return np.flatnonzero(np.isin(entry.owners, _uuid_keys(owner_ids, entry.raw)))
+
+
+def subset_owned(entry: TenantHistory, codes: np.ndarray) -> LeadHistory:
+    """The tenant history narrowed to the leads of these owners: the same arrays a scoped
+    ``lead_history`` read gives (leads in id order, owners numbered as first met among them)."""
+    return subset(entry.history, np.isin(entry.owner_code, codes), entry.owner_code)
+
+
+def subset(history: LeadHistory, mask: np.ndarray, owner_code: np.ndarray) -> LeadHistory:
+    """The leads where ``mask`` holds, with their records, renumbered in order."""
+    leads = np.flatnonzero(mask)
+    m = leads.size
+    renumber = np.full(history.n_leads, -1, np.int64)
+    renumber[leads] = np.arange(m)
+    stage = mask[history.stage_lead]
+    amount = mask[history.amount_lead]
+    stage_lead = renumber[history.stage_lead[stage]]
+    amount_lead = renumber[history.amount_lead[amount]]
+    every = np.arange(m)
+    return LeadHistory(
+        created=history.created[leads],
+        owner=_owner_numbers(owner_code[leads]),
+        status=history.status[leads],
+        closed=history.closed[leads],
+        amount_lead=amount_lead,
+        amount_day=history.amount_day[amount],
+        amount=history.amount[amount],
+        stage_lead=stage_lead,
+        stage_day=history.stage_day[stage],
+        stage_to=history.stage_to[stage],
+        amount_start=np.searchsorted(amount_lead, every),
+        stage_start=np.searchsorted(stage_lead, every),
+    )

@@ -1,0 +1,223 @@
+"""The per-process history cache gives exactly what a fresh ``lead_history`` read gives.
+
+Random writes through the services (create, stage move, outcome, amount edit, delete,
+reassign) between reads; after each round the cache is refreshed from the change feed
+(spliced, or read again past the threshold) and every array is compared with a fresh read,
+for the tenant and for each person's scope. A rep's forecast from the cache equals the one
+computed from a scoped fresh read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from litestar.testing import TestClient
+from sqlalchemy import select
+
+from canvass.errors import CanvassError
+from canvass.forecasting import history_cache
+from canvass.forecasting.history import LeadHistory
+from canvass.forecasting.queries import lead_history
+from canvass.forecasting.reports import _all_methods, _weighted_config, revenue_forecast
+from canvass.pipeline.models import Lead
+from canvass.pipeline.schemas import LeadCreate, LeadUpdate, OutcomeRecord, StageMove
+from canvass.pipeline.scope import Actor, lead_scope
+from canvass.pipeline.services import leads as lead_service
+from canvass.pipeline.services.imports import import_leads
+from canvass.pipeline.services.organizations import pipeline_config
+from canvass.pipeline.vocabulary import Outcome, Stage
+from tests.conftest import Tenant, run
+from tests.forecasting.test_forecast_scale_paths import _rows
+
+ARRAYS = (
+    "created", "owner", "status", "closed", "amount_lead", "amount_day", "amount",
+    "stage_lead", "stage_day", "stage_to", "amount_start", "stage_start",
+)  # fmt: skip
+PEOPLE = ("admin", "manager_a", "rep_a", "rep_a1", "rep_b")
+
+
+def _actor(tenant: Tenant, who: str) -> Actor:
+    person = tenant.people[who]
+    return Actor(
+        organization_id=tenant.organization_id, user_id=person.id, role=person.role, team_path=person.team_path
+    )
+
+
+def _assert_same(got: LeadHistory, expected: LeadHistory, label: Any) -> None:
+    for name in ARRAYS:
+        a, b = getattr(got, name), getattr(expected, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), (label, name)
+
+
+async def _load(client: TestClient[Any], tenant: Tenant) -> None:
+    async with client.app.state.sessionmaker() as session, session.begin():
+        report = await import_leads(session, _actor(tenant, "admin"), _rows(tenant))
+        assert not report.rejected
+
+
+async def _random_writes(client: TestClient[Any], tenant: Tenant, rng: random.Random, count: int) -> list[str]:
+    """``count`` random writes through the services, one transaction; the ones the rules refuse
+    are rolled back to their savepoint. Returns what was done."""
+    admin = _actor(tenant, "admin")
+    reps = [tenant.people[r].id for r in ("rep_a", "rep_a2", "rep_a1", "rep_b")]
+    done = []
+    async with client.app.state.sessionmaker() as session, session.begin():
+        ids = list(
+            (
+                await session.scalars(
+                    select(Lead.id).where(Lead.organization_id == admin.organization_id, Lead.deleted_at.is_(None))
+                )
+            ).all()
+        )
+        for _ in range(count):
+            op = rng.choice(("create", "move", "move", "outcome", "amount", "delete", "reassign"))
+            lead_id = rng.choice(ids)
+            try:
+                async with session.begin_nested():
+                    if op == "create":
+                        lead = await lead_service.create_lead(
+                            session, admin, LeadCreate(title="New", owner_id=rng.choice(reps), amount=500.0)
+                        )
+                        ids.append(lead.id)
+                    elif op == "move":
+                        current = await lead_service.get_lead(session, admin, lead_id)
+                        order = list(Stage)
+                        target = order[min(order.index(Stage(current.stage)) + 1, len(order) - 1)]
+                        await lead_service.move_stage(
+                            session, admin, lead_id, StageMove(to_stage=target, override_reason="test")
+                        )
+                    elif op == "outcome":
+                        outcome = rng.choice((Outcome.WON, Outcome.LOST, Outcome.LOST, Outcome.DISQUALIFIED))
+                        await lead_service.record_outcome(
+                            session,
+                            admin,
+                            lead_id,
+                            OutcomeRecord(outcome=outcome, amount=1234.0, loss_reason="price"),
+                        )
+                    elif op == "amount":
+                        await lead_service.update_lead(
+                            session, admin, lead_id, LeadUpdate(amount=float(rng.randint(1, 9)) * 1000)
+                        )
+                    elif op == "delete":
+                        await lead_service.delete_lead(session, admin, lead_id)
+                        ids.remove(lead_id)
+                    else:
+                        await lead_service.update_lead(session, admin, lead_id, LeadUpdate(owner_id=rng.choice(reps)))
+                done.append(op)
+            except CanvassError:
+                done.append(f"{op} refused")
+    return done
+
+
+async def _compare(client: TestClient[Any], tenant: Tenant) -> history_cache.TenantHistory:
+    async with client.app.state.sessionmaker() as session:
+        entry = await history_cache.tenant_history(session, tenant.organization_id)
+        _assert_same(entry.history, await lead_history(session, tenant.organization_id), "tenant")
+        for who in PEOPLE:
+            actor = _actor(tenant, who)
+            scoped = await history_cache.history_for(session, actor)
+            got = scoped.history
+            assert scoped.version == entry.version
+            expected = await lead_history(session, tenant.organization_id, scope=lead_scope(actor))
+            _assert_same(got, expected, who)
+    return entry
+
+
+def test_patched_history_equals_a_fresh_read_after_random_writes(
+    client: TestClient[Any], tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(client, _load, client, tenant)
+    first = run(client, _compare, client, tenant)
+    assert first.refresh == "full" and first.n_leads == 40
+    # The tenant is small: let every round's writes be spliced in, whatever their share.
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    rng = random.Random(6)
+    refreshes, ops = [], []
+    for _ in range(10):
+        ops += run(client, _random_writes, client, tenant, rng, rng.randint(2, 8))
+        entry = run(client, _compare, client, tenant)
+        refreshes.append(entry.refresh)
+    assert all(r.startswith("patch:") for r in refreshes), refreshes
+    for op in ("create", "move", "outcome", "amount", "delete", "reassign"):
+        assert op in ops, (op, ops)
+    # Nothing written: the cached entry itself, no read.
+    again = run(client, _compare, client, tenant)
+    assert again is entry
+    # Past the threshold: everything is read again, with the same result.
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 0.01)
+    run(client, _random_writes, client, tenant, rng, 3)
+    assert run(client, _compare, client, tenant).refresh == "full"
+
+
+def test_a_reps_forecast_from_the_cache_equals_one_from_a_scoped_read(client: TestClient[Any], tenant: Tenant) -> None:
+    run(client, _load, client, tenant)
+    run(client, _random_writes, client, tenant, random.Random(2), 5)
+    as_of = dt.date(2024, 9, 1)
+
+    async def both(who: str) -> tuple[Any, Any]:
+        actor = _actor(tenant, who)
+        async with client.app.state.sessionmaker() as session:
+            cached = await revenue_forecast(session, actor, [30, 90], as_of=as_of)
+            fresh = await lead_history(session, tenant.organization_id, scope=lead_scope(actor))
+            weighted = _weighted_config(await pipeline_config(session, tenant.organization_id))
+        return cached, _all_methods(fresh, as_of, [30, 90], weighted)
+
+    for who in ("rep_a", "manager_a"):
+        cached, expected = run(client, both, who)
+        assert cached.history_version is not None and cached.history_version > 0
+        assert 0 < cached.leads_in_history < 40
+        assert [f.revenue for f in cached.forecasts] == [f.revenue for f in expected], who
+        assert cached.forecasts == expected, who
+
+
+def test_lru_keeps_at_most_the_configured_tenants(
+    client: TestClient[Any], tenant: Tenant, other_tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history_cache, "MAX_TENANTS", 1)
+
+    async def read(org: uuid.UUID) -> None:
+        async with client.app.state.sessionmaker() as session:
+            await history_cache.tenant_history(session, org)
+
+    run(client, read, tenant.organization_id)
+    run(client, read, other_tenant.organization_id)
+    orgs = [org for _, org in history_cache._cache.entries]
+    assert orgs == [other_tenant.organization_id]
+    # The lead budget: a 40-lead tenant over a budget of 39 stays while it is the newest, and goes
+    # when another tenant is stored.
+    history_cache.clear()
+    monkeypatch.setattr(history_cache, "MAX_TENANTS", 4)
+    monkeypatch.setattr(history_cache, "MAX_CACHED_LEADS", 39)
+    run(client, _load, client, tenant)
+    run(client, read, tenant.organization_id)
+    assert [org for _, org in history_cache._cache.entries] == [tenant.organization_id]
+    run(client, read, other_tenant.organization_id)
+    assert [org for _, org in history_cache._cache.entries] == [other_tenant.organization_id]
+
+
+def test_an_answer_is_reused_only_on_the_same_version_and_scope(client: TestClient[Any], tenant: Tenant) -> None:
+    run(client, _load, client, tenant)
+    as_of = dt.date(2024, 9, 1)
+
+    async def forecast(who: str) -> tuple[Any, int]:
+        actor = _actor(tenant, who)
+        async with client.app.state.sessionmaker() as session:
+            result = await revenue_forecast(session, actor, [30], as_of=as_of)
+            scoped = await history_cache.history_for(session, actor)
+        return result, len(scoped.results)
+
+    first, memo = run(client, forecast, "admin")
+    assert memo == 1
+    again, _ = run(client, forecast, "admin")
+    assert again == first
+    rep, _ = run(client, forecast, "rep_a")
+    assert rep.leads_in_history < first.leads_in_history and rep.forecasts != first.forecasts
+    run(client, _random_writes, client, tenant, random.Random(4), 4)
+    after, memo = run(client, forecast, "admin")
+    assert after.history_version is not None and first.history_version is not None
+    assert after.history_version > first.history_version and memo == 1
