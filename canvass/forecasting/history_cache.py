@@ -4,10 +4,11 @@ Reading a tenant's whole history (``queries.lead_history``: every lead and every
 is what a forecast costs at scale — 1,000,000 leads and 5,000,000 changes take tens of seconds
 to scan and order, the maths on the arrays a second or two. So the tenant-wide arrays stay in
 the process, stamped with the tenant's change-feed version (``sync_clocks``, canvass/sync/feed.py:
-every committed write of a lead or a stage change carries the version of its transaction, and
-versions become visible in commit order). On each request:
+every committed write of a lead or a stage change is published with a version, and versions
+become visible in order). On each request:
 
-- read the tenant's clock (one row); equal to the cached version: the arrays are current;
+- publish what the tenant's committed writes left unpublished (as a pull does; one index probe
+  per feed table when nothing is), then read the tenant's clock (one row); equal to the cached version: the arrays are current;
 - ahead: the leads written since (leads and stage changes with ``server_version`` above the
   cached version, by the feed indexes) are re-read whole — the lead row and all of its stage
   changes, through the same statements as ``lead_history`` — and spliced into the arrays in
@@ -17,8 +18,9 @@ versions become visible in commit order). On each request:
 The race: the clock is read first, then rows. A transaction committing in between may show in
 the rows although the cache is stamped with the older version; the next request re-reads those
 leads (their versions are above the stamp), and re-reading a lead whole is idempotent. Nothing
-committed at or below the stamp can be missed: the clock row is locked from a writer's tick to
-its commit, so a version is visible only once every smaller one is.
+published at or below the stamp can be missed: the clock row is locked from a publication's tick
+to its commit, so a version is visible only once every smaller one is; and a write still
+unpublished gets a version above the clock.
 
 The result is the same arrays a fresh ``lead_history`` read gives (tests compare them after
 random writes through the services, on SQLite and PostgreSQL). A rep's or manager's forecast
@@ -60,7 +62,7 @@ from canvass.forecasting import queries
 from canvass.forecasting.history import LeadHistory
 from canvass.pipeline.models import Lead, StageChange, User
 from canvass.pipeline.scope import Actor, visible_owner
-from canvass.sync import feed  # noqa: F401  (the cache trusts the feed: writes in this process must be stamped)
+from canvass.sync import feed
 from canvass.sync.models import SyncClock
 
 MAX_TENANTS = 4  # tenants cached per process
@@ -183,6 +185,7 @@ async def history_for(session: AsyncSession, actor: Actor) -> ScopedHistory:
 
 
 async def _clock(session: AsyncSession, organization_id: uuid.UUID) -> int:
+    await feed.publish_pending(session, organization_id)  # every committed write gets a version first
     version = await session.scalar(select(SyncClock.version).where(SyncClock.organization_id == organization_id))
     return int(version or 0)  # no clock row: nothing was ever written through the feed
 
