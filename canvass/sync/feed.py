@@ -119,7 +119,10 @@ def _version_fields(session: Session, _context: Any, _instances: Any) -> None:
         if not isinstance(obj, Synced) or not session.is_modified(obj):
             continue
         state = inspect(obj)
-        changed = [a.key for a in state.attrs if a.key not in _NOT_FIELDS and a.history.has_changes()]
+        # Only attributes set since the load can have changed (committed_state
+        # keeps their loaded values): a handful, not every column of the row.
+        attrs = state.attrs
+        changed = [k for k in state.committed_state if k not in _NOT_FIELDS and attrs[k].history.has_changes()]
         if isinstance(obj, FieldVersioned) and changed:
             hlc = hlc or current_hlc(session)
             versions = dict(obj.field_versions or {})

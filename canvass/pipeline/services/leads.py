@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, bindparam, func, or_, select
+from sqlalchemy import Select, Uuid, bindparam, func, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -242,10 +242,11 @@ async def delete_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *
     await session.flush()
 
 
-async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFacts, PipelineConfig]:
-    """Gather what the stage rules need — the lead's activity and objection
-    counts and the organization's current configuration — in one round trip."""
-    org, lead_id = lead.organization_id, lead.id
+@functools.cache
+def _facts_statement() -> Select[Any]:
+    """What the stage rules count, and the organization's configuration, in one
+    statement built once (only the tenant and the lead vary, as parameters)."""
+    org, lead_id = bindparam("org", type_=Uuid), bindparam("lead_id", type_=Uuid)
     completed_visits = (
         select(func.count())
         .where(
@@ -259,11 +260,14 @@ async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFact
     raised = select(func.count()).where(Objection.organization_id == org, Objection.lead_id == lead_id)
     still_open = raised.where(Objection.status == "open")
     settings = select(Organization.settings).where(Organization.id == org).scalar_subquery()
-    row = (
-        await session.execute(
-            select(completed_visits, raised.scalar_subquery(), still_open.scalar_subquery(), settings)
-        )
-    ).one()
+    return select(completed_visits, raised.scalar_subquery(), still_open.scalar_subquery(), settings)
+
+
+async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFacts, PipelineConfig]:
+    """Gather what the stage rules need — the lead's activity and objection
+    counts and the organization's current configuration — in one round trip."""
+    params = {"org": lead.organization_id, "lead_id": lead.id}
+    row = (await session.execute(_facts_statement(), params)).one()
     facts = stages.LeadFacts(
         stage=Stage(lead.stage),
         status=LeadStatus(lead.status),
