@@ -9,6 +9,7 @@ computed from a scoped fresh read.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import uuid
@@ -221,3 +222,32 @@ def test_an_answer_is_reused_only_on_the_same_version_and_scope(client: TestClie
     after, memo = run(client, forecast, "admin")
     assert after.history_version is not None and first.history_version is not None
     assert after.history_version > first.history_version and memo == 1
+
+
+def test_concurrent_requests_for_one_tenant_read_once(
+    client: TestClient[Any], tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(client, _load, client, tenant)
+    reads: list[bool] = []
+    real = history_cache.queries.history_columns
+
+    async def counted(session: Any, organization_id: uuid.UUID, *args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("lead_ids") is not None)
+        await asyncio.sleep(0.05)  # the others arrive while this read is under way
+        return await real(session, organization_id, *args, **kwargs)
+
+    monkeypatch.setattr(history_cache.queries, "history_columns", counted)
+
+    async def four() -> list[int]:
+        async def one() -> int:
+            async with client.app.state.sessionmaker() as session:
+                return (await history_cache.tenant_history(session, tenant.organization_id)).n_leads
+
+        return list(await asyncio.gather(*(one() for _ in range(4))))
+
+    assert run(client, four) == [40] * 4
+    assert reads == [False]  # one full read, the other three waited for it
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    run(client, _random_writes, client, tenant, random.Random(9), 3)
+    run(client, four)
+    assert reads == [False, True]  # one splice
