@@ -254,3 +254,29 @@ def test_concurrent_requests_for_one_tenant_read_once(
     run(client, _random_writes, client, tenant, random.Random(9), 3)
     run(client, four)
     assert reads == [False, True]  # one splice
+
+
+def test_from_no_leads_to_one_and_back(
+    client: TestClient[Any], other_tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    admin = _actor(other_tenant, "admin")
+    assert run(client, _compare, client, other_tenant).n_leads == 0
+
+    async def create() -> uuid.UUID:
+        async with client.app.state.sessionmaker() as session, session.begin():
+            lead = await lead_service.create_lead(
+                session, admin, LeadCreate(title="Only", owner_id=other_tenant.rep_b.id, amount=10.0)
+            )
+            return lead.id
+
+    async def delete(lead_id: uuid.UUID) -> None:
+        async with client.app.state.sessionmaker() as session, session.begin():
+            await lead_service.delete_lead(session, admin, lead_id)
+
+    lead_id = run(client, create)
+    one = run(client, _compare, client, other_tenant)
+    assert (one.n_leads, one.refresh) == (1, "patch:1")
+    run(client, delete, lead_id)
+    none = run(client, _compare, client, other_tenant)
+    assert (none.n_leads, none.refresh) == (0, "patch:1")
