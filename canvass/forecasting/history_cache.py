@@ -235,11 +235,17 @@ def _built(version: int, raw: bool, leads: queries._Columns, changes: queries._C
 
 
 def _owner_numbers(codes: np.ndarray) -> np.ndarray:
-    """Owners numbered in the order they first appear among the leads (as ``lead_history`` does)."""
-    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inverse.reshape(-1)].astype(np.int32)
+    """Owners numbered in the order they first appear among the leads (as ``lead_history`` does).
+    Codes are small (one per owner): each one's first position in O(leads), no sort of the leads."""
+    if codes.size == 0:
+        return np.zeros(0, np.int32)
+    none = np.iinfo(np.int64).max
+    first = np.full(int(codes.max()) + 1, none, np.int64)
+    np.minimum.at(first, codes, np.arange(codes.size))
+    present = np.flatnonzero(first < none)
+    rank = np.zeros(first.size, np.int32)
+    rank[present[np.argsort(first[present])]] = np.arange(present.size, dtype=np.int32)
+    return rank[codes]
 
 
 def _patched(
@@ -266,38 +272,65 @@ def _patched(
     if n and written_keys.size:
         pos = np.minimum(np.searchsorted(old.ids, written_keys), n - 1)
         keep[pos[old.ids[pos] == written_keys]] = False
-    kept_ids = old.ids[keep]
+    kept_old = np.flatnonzero(keep)
+    kept_ids = old.ids[kept_old]
     at = np.searchsorted(kept_ids, part_ids)  # the part's ids are all written ones: never among the kept
     ids = np.insert(kept_ids, at, part_ids)
     m = ids.size
-    part_new = at + np.arange(part_ids.size)
     is_part = np.zeros(m, bool)
-    is_part[part_new] = True
-    old_to_new = np.full(n, -1, np.int64)
-    old_to_new[keep] = np.flatnonzero(~is_part)
+    is_part[at + np.arange(part_ids.size)] = True
+    # Each new lead's source: its old index (kept) or its index in the part. Runs of new leads whose
+    # records lie one after another on one side are copied as one slice: a few slices per written
+    # lead instead of masks over every record.
+    source = np.empty(m, np.int64)
+    source[~is_part] = kept_old
+    source[is_part] = np.arange(part_ids.size)
+    begins = np.ones(m, bool)
+    begins[1:] = (is_part[1:] != is_part[:-1]) | (source[1:] != source[:-1] + 1)
+    first = np.flatnonzero(begins)
+    last = (np.append(first[1:], m) - 1)[: first.size]
+    runs = list(zip(is_part[first].tolist(), source[first].tolist(), source[last].tolist(), strict=True))
 
     h, p = old.history, part
 
     def per_lead(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.insert(a[keep], at, b.astype(a.dtype, copy=False))
+        return np.insert(a[kept_old], at, b.astype(a.dtype, copy=False))
 
-    def records(lead: np.ndarray, p_lead: np.ndarray, columns: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        kept = keep[lead]
-        kept_lead = old_to_new[lead[kept]]
-        new_lead = part_new[p_lead]
-        where = np.searchsorted(kept_lead, new_lead)  # a lead's records all come from one side
-        out = [np.insert(kept_lead, where, new_lead)]
-        out += [np.insert(a[kept], where, b.astype(a.dtype, copy=False)) for a, b in columns]
-        return out
+    def records(
+        old_start: np.ndarray,
+        old_total: int,
+        part_start: np.ndarray,
+        part_total: int,
+        columns: list[tuple[np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Per new lead its records' start, every record's lead, and each column spliced."""
+        old_end = np.append(old_start[1:], old_total)
+        part_end = np.append(part_start[1:], part_total)
+        counts = np.empty(m, np.int64)
+        counts[~is_part] = (old_end - old_start)[kept_old]
+        counts[is_part] = part_end - part_start
+        start = np.zeros(m, np.int64)
+        np.cumsum(counts[:-1], out=start[1:])
+        bounds = [
+            (True, int(part_start[a]), int(part_end[b])) if from_part else (False, int(old_start[a]), int(old_end[b]))
+            for from_part, a, b in runs
+        ]
+        spliced = []
+        for a, b in columns:
+            b = b.astype(a.dtype, copy=False)
+            pieces = [(b if from_part else a)[lo:hi] for from_part, lo, hi in bounds]
+            spliced.append(np.concatenate(pieces) if pieces else a[:0].copy())
+        return start, np.repeat(np.arange(m, dtype=np.int64), counts), spliced
 
-    stage_lead, stage_day, stage_to = records(
-        h.stage_lead, p.stage_lead, [(h.stage_day, p.stage_day), (h.stage_to, p.stage_to)]
-    )
-    amount_lead, amount_day, amount = records(
-        h.amount_lead, p.amount_lead, [(h.amount_day, p.amount_day), (h.amount, p.amount)]
-    )
+    stage_start, stage_lead, (stage_day, stage_to) = records(
+        h.stage_start, h.stage_lead.size, p.stage_start, p.stage_lead.size,
+        [(h.stage_day, p.stage_day), (h.stage_to, p.stage_to)],
+    )  # fmt: skip
+    amount_start, amount_lead, (amount_day, amount) = records(
+        h.amount_start, h.amount_lead.size, p.amount_start, p.amount_lead.size,
+        [(h.amount_day, p.amount_day), (h.amount, p.amount)],
+    )  # fmt: skip
     owner_code = per_lead(old.owner_code, part_codes)
-    every = np.arange(m)
     history = LeadHistory(
         created=per_lead(h.created, p.created),
         owner=_owner_numbers(owner_code),
@@ -309,8 +342,8 @@ def _patched(
         stage_lead=stage_lead,
         stage_day=stage_day,
         stage_to=stage_to,
-        amount_start=np.searchsorted(amount_lead, every),
-        stage_start=np.searchsorted(stage_lead, every),
+        amount_start=amount_start,
+        stage_start=stage_start,
     )
     return TenantHistory(
         version=version,

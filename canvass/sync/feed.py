@@ -63,6 +63,10 @@ server_clock = HybridClock(node=f"server.{os.getpid()}")
 
 HLC = "canvass.sync.hlc"  # session.info: the timestamp of the mutation being applied
 DEVICE = "canvass.sync.device"  # session.info: the device whose mutation is being applied
+# session.info: when one flush writes the changes of several mutations (a push
+# puts its flushes off), the timestamp of the mutation that changed each record,
+# by identity key; consumed by the flush that writes it.
+HLC_OF = "canvass.sync.hlc_of"
 _REASSIGNED = "canvass.sync.reassigned"
 _COMMITTING = "canvass.sync.committing"  # session.info: tenants whose writes this commit leaves unpublished
 
@@ -115,6 +119,7 @@ def _note_writes(session: Session, _context: Any) -> None:
 @event.listens_for(Session, "before_flush")
 def _version_fields(session: Session, _context: Any, _instances: Any) -> None:
     hlc: str | None = None
+    hlc_of: dict[Any, str] = session.info.get(HLC_OF) or {}
     for obj in session.dirty:
         if not isinstance(obj, Synced) or not session.is_modified(obj):
             continue
@@ -125,11 +130,12 @@ def _version_fields(session: Session, _context: Any, _instances: Any) -> None:
         changed = [k for k in state.committed_state if k not in _NOT_FIELDS and attrs[k].history.has_changes()]
         if isinstance(obj, FieldVersioned) and changed:
             hlc = hlc or current_hlc(session)
+            written_at = hlc_of.pop(state.key, hlc)
             versions = dict(obj.field_versions or {})
             next_version = obj.version + 1  # type: ignore[attr-defined]  # the version this UPDATE writes
             device = session.info.get(DEVICE)
             for name in changed:
-                versions[name] = [next_version, hlc, device]
+                versions[name] = [next_version, written_at, device]
             obj.field_versions = versions
         entity = _OWNED.get(type(obj))
         if entity is not None and "owner_id" in changed:

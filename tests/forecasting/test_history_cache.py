@@ -9,6 +9,7 @@ computed from a scoped fresh read.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import uuid
@@ -134,8 +135,10 @@ def test_patched_history_equals_a_fresh_read_after_random_writes(
     run(client, _load, client, tenant)
     first = run(client, _compare, client, tenant)
     assert first.refresh == "full" and first.n_leads == 40
-    # The tenant is small: let every round's writes be spliced in, whatever their share.
+    # The tenant is small: let every round's writes be spliced in, whatever their share; and read
+    # the written leads in chunks of two ids (SQLite joins the statements' rows).
     monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    monkeypatch.setattr(history_cache.queries, "_IDS_PER_STATEMENT", 2)
     rng = random.Random(6)
     refreshes, ops = [], []
     for _ in range(10):
@@ -143,6 +146,7 @@ def test_patched_history_equals_a_fresh_read_after_random_writes(
         entry = run(client, _compare, client, tenant)
         refreshes.append(entry.refresh)
     assert all(r.startswith("patch:") for r in refreshes), refreshes
+    assert max(int(r.split(":")[1]) for r in refreshes) > 2, refreshes  # some read in several chunks
     for op in ("create", "move", "outcome", "amount", "delete", "reassign"):
         assert op in ops, (op, ops)
     # Nothing written: the cached entry itself, no read.
@@ -221,3 +225,58 @@ def test_an_answer_is_reused_only_on_the_same_version_and_scope(client: TestClie
     after, memo = run(client, forecast, "admin")
     assert after.history_version is not None and first.history_version is not None
     assert after.history_version > first.history_version and memo == 1
+
+
+def test_concurrent_requests_for_one_tenant_read_once(
+    client: TestClient[Any], tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(client, _load, client, tenant)
+    reads: list[bool] = []
+    real = history_cache.queries.history_columns
+
+    async def counted(session: Any, organization_id: uuid.UUID, *args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("lead_ids") is not None)
+        await asyncio.sleep(0.05)  # the others arrive while this read is under way
+        return await real(session, organization_id, *args, **kwargs)
+
+    monkeypatch.setattr(history_cache.queries, "history_columns", counted)
+
+    async def four() -> list[int]:
+        async def one() -> int:
+            async with client.app.state.sessionmaker() as session:
+                return (await history_cache.tenant_history(session, tenant.organization_id)).n_leads
+
+        return list(await asyncio.gather(*(one() for _ in range(4))))
+
+    assert run(client, four) == [40] * 4
+    assert reads == [False]  # one full read, the other three waited for it
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    run(client, _random_writes, client, tenant, random.Random(9), 3)
+    run(client, four)
+    assert reads == [False, True]  # one splice
+
+
+def test_from_no_leads_to_one_and_back(
+    client: TestClient[Any], other_tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    admin = _actor(other_tenant, "admin")
+    assert run(client, _compare, client, other_tenant).n_leads == 0
+
+    async def create() -> uuid.UUID:
+        async with client.app.state.sessionmaker() as session, session.begin():
+            lead = await lead_service.create_lead(
+                session, admin, LeadCreate(title="Only", owner_id=other_tenant.rep_b.id, amount=10.0)
+            )
+            return lead.id
+
+    async def delete(lead_id: uuid.UUID) -> None:
+        async with client.app.state.sessionmaker() as session, session.begin():
+            await lead_service.delete_lead(session, admin, lead_id)
+
+    lead_id = run(client, create)
+    one = run(client, _compare, client, other_tenant)
+    assert (one.n_leads, one.refresh) == (1, "patch:1")
+    run(client, delete, lead_id)
+    none = run(client, _compare, client, other_tenant)
+    assert (none.n_leads, none.refresh) == (0, "patch:1")

@@ -8,10 +8,12 @@ reference offline client over real HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from litestar.testing import TestClient
@@ -86,6 +89,36 @@ class Server:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def _push_is_applying(database_url: str) -> bool:
+    """Is a write transaction open and writing in the test database (the
+    server applying the push)? A fixed delay after the request went out misses
+    a push that applies faster than the clean run that timed it."""
+    if database_url.startswith("sqlite"):
+        probe = sqlite3.connect(database_url.split(":///", 1)[1], timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return True  # the server's write transaction holds the database
+        finally:
+            probe.close()  # (a probe that got the lock releases it: it wrote nothing)
+        return False
+    return asyncio.run(_postgres_writing(database_url))
+
+
+async def _postgres_writing(database_url: str) -> bool:
+    connection = await asyncpg.connect(database_url)
+    try:
+        writing = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND xact_start IS NOT NULL"
+            " AND (query ILIKE 'SAVEPOINT%' OR query ILIKE 'RELEASE%' OR query ILIKE 'INSERT%'"
+            " OR query ILIKE 'UPDATE%')"
+        )
+        return bool(writing)
+    finally:
+        await connection.close()
 
 
 class Watch:
@@ -190,8 +223,11 @@ def test_kill_mid_push_then_retry_equals_clean_apply(
         worker = threading.Thread(target=sync)
         worker.start()
         assert watch.push_started.wait(30)
-        delay = max(0.05, 0.4 * push_s)
-        time.sleep(delay)  # the push is being applied (a clean one takes push_s) ...
+        started = time.monotonic()
+        while not _push_is_applying(settings.database_url):  # the push is being applied ...
+            assert time.monotonic() - started < 60, "the push never started to write"
+            time.sleep(0.005)
+        delay = time.monotonic() - started
         killed_at = time.monotonic()
         server.kill()  # ... when the process dies
         # nothing of it was committed

@@ -26,25 +26,23 @@ T = TypeVar("T")
 MAX_PAGE_SIZE = 200
 
 # session.info: what a writer of many records at once (a sync push) read up
-# front in this transaction — {"read": {model: ids read in the actor's scope
-# (leads: and locked) or created by this transaction}, "absent": {model: ids
-# that do not exist}, "held": the records themselves (the session's identity
-# map holds them only weakly)} — so that the services it calls, record by
-# record, need not ask the database again.
+# front in this transaction, so that the services it calls record by record
+# need not ask the database again:
+#   "read": {model: ids read in the actor's scope (leads: and locked), or
+#            created by this transaction},
+#   "absent": {model: ids that did not exist},
+#   "held": the records read (the session's identity map holds them weakly),
+#   "created": {identity key: record} created by this transaction (possibly
+#              not flushed yet: the writer may put flushes off).
 PRELOADED = "canvass.preloaded"
-
 
 _UNPUBLISHED = {"server_version"}
 
 
-def preloaded(session: AsyncSession, actor: Actor, model: type[T], record_id: uuid.UUID) -> T | None:
-    """The record as the session holds it, if it was read (leads: and locked) up
-    front in this transaction and is still plainly in the actor's scope — their
-    own and not deleted; else None, and the caller asks the database."""
-    info = session.info.get(PRELOADED)
-    if info is None or record_id not in info["read"].get(model, ()):
-        return None
-    obj: Any = session.identity_map.get(identity_key(model, (actor.organization_id, record_id)))
+def _held(session: AsyncSession, info: dict[str, Any], key: Any) -> Any:
+    obj = session.identity_map.get(key)
+    if obj is None:
+        obj = info["created"].get(key)
     if obj is None:
         return None
     state = inspect(obj)
@@ -52,9 +50,21 @@ def preloaded(session: AsyncSession, actor: Actor, model: type[T], record_id: uu
         # After an UPDATE the ORM expires a synced row's change-feed version
         # (its on-update value is SQL); it is NULL until the commit stamps it.
         set_committed_value(obj, "server_version", None)
-    if state.expired or state.expired_attributes or state.deleted or state.detached:
+    if state.expired or state.expired_attributes or state.deleted or state.detached or state.transient:
         return None  # e.g. after a savepoint rolled back: read it again
-    if getattr(obj, "deleted_at", None) is not None or obj.owner_id != actor.user_id:
+    return obj
+
+
+def preloaded(session: AsyncSession, actor: Actor, model: type[T], record_id: uuid.UUID) -> T | None:
+    """The record as the session holds it, if it was read (leads: and locked) up
+    front in this transaction or created by it, and is still plainly in the
+    actor's scope — their own and not deleted; else None, and the caller asks
+    the database."""
+    info = session.info.get(PRELOADED)
+    if info is None or record_id not in info["read"].get(model, ()):
+        return None
+    obj = _held(session, info, identity_key(model, (actor.organization_id, record_id)))
+    if obj is None or getattr(obj, "deleted_at", None) is not None or obj.owner_id != actor.user_id:
         return None
     found: T = obj
     return found
@@ -64,12 +74,12 @@ async def exists(session: AsyncSession, model: type[Any], key: tuple[uuid.UUID, 
     """Is there a row with this primary key (deleted or not)? ``session.get``,
     without a round trip for an id found absent up front in this transaction."""
     info = session.info.get(PRELOADED)
-    if (
-        info is not None
-        and key[1] in info["absent"].get(model, ())
-        and session.identity_map.get(identity_key(model, key)) is None
-    ):
-        return False
+    if info is not None:
+        ident = identity_key(model, key)
+        if ident in info["created"] and _held(session, info, ident) is not None:
+            return True  # created by this transaction, maybe not flushed yet
+        if key[1] in info["absent"].get(model, ()) and session.identity_map.get(ident) is None:
+            return False
     return await session.get(model, key) is not None
 
 
