@@ -86,7 +86,11 @@ async def main() -> None:
     parser.add_argument("--email", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--ids", required=True, help="file of lead ids in the caller's scope, one a line")
-    parser.add_argument("--moves", required=True, help="file of lead ids in prospecting with account and contact (the moved ones are taken out)")
+    parser.add_argument(
+        "--moves",
+        required=True,
+        help="file of lead ids in prospecting with account and contact (the moved ones are taken out)",
+    )
     parser.add_argument("-n", type=int, default=2000, help="requests per operation")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", choices=["get", "list", "create", "move"], help="cProfile this operation")
@@ -94,11 +98,17 @@ async def main() -> None:
     args = parser.parse_args()
     settings = Settings(database_url=args.url, secret_key="request-cpu-" + "x" * 32)
     app = create_app(settings)
-    ids = open(args.ids).read().split()
-    moves = open(args.moves).read().split()
+    with open(args.ids) as f:
+        ids = f.read().split()
+    with open(args.moves) as f:
+        moves = f.read().split()
     async with _lifespan(app):
-        status, body = await call(
-            app, "POST", "/api/v1/auth/login", None, json.dumps({"email": args.email, "password": args.password}).encode()
+        _, body = await call(
+            app,
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            json.dumps({"email": args.email, "password": args.password}).encode(),
         )
         token = json.loads(body)["access_token"]
         create_body = msgspec.json.encode({"title": "CPU bench lead", "amount": 1200.0})
@@ -117,28 +127,41 @@ async def main() -> None:
             for i in range(50):  # warm caches, pools, prepared statements
                 await op(i)
             profiler = cProfile.Profile() if args.profile == name else None
-            bad = 0
-            queue = iter(range(n))
-
-            async def worker() -> None:
-                nonlocal bad
-                for i in queue:
-                    status, _ = await op(i)
-                    bad += status >= 400
-
             wall, cpu = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            bad = await _drive(op, n, args.concurrency)
             if profiler:
                 profiler.disable()
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            results[name] = {"requests": n, "errors": bad, "cpu_us_per_request": round(cpu / n * 1e6), "wall_s": round(wall, 2)}
-            print(f"{name:7s} {results[name]['cpu_us_per_request']:6d} µs CPU/request  ({n} requests, {bad} errors, {wall:.1f} s wall)")
+            results[name] = {
+                "requests": n,
+                "errors": bad,
+                "cpu_us_per_request": round(cpu / n * 1e6),
+                "wall_s": round(wall, 2),
+            }
+            print(
+                f"{name:7s} {results[name]['cpu_us_per_request']:6d} µs CPU/request  ({n} requests, {bad} errors, {wall:.1f} s wall)"
+            )
             if profiler:
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     with open(args.moves, "w") as remaining:  # a lead moves out of prospecting once
         remaining.write("\n".join(moves) + "\n")
+
+
+async def _drive(op: Any, n: int, concurrency: int) -> int:
+    """``n`` calls of ``op`` by ``concurrency`` tasks; the number of error answers."""
+    queue = iter(range(n))
+    bad = 0
+
+    async def worker() -> None:
+        nonlocal bad
+        for i in queue:
+            status, _ = await op(i)
+            bad += status >= 400
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return bad
 
 
 def _lifespan(app: Any) -> Any:
@@ -149,7 +172,9 @@ def _lifespan(app: Any) -> Any:
         messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         await messages.put({"type": "lifespan.startup"})
-        task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, messages.get, sent.put))
+        task = asyncio.create_task(
+            app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, messages.get, sent.put)
+        )
         started = await sent.get()
         assert started["type"] == "lifespan.startup.complete", started
         try:
