@@ -37,8 +37,9 @@ from typing import Any
 
 from sqlalchemy import Table, Uuid, any_, bindparam, event, exists, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from canvass.db import WRITTEN, Base
@@ -214,9 +215,9 @@ def _unpublished(table: Table, organization_id: uuid.UUID) -> Any:
 _STAMP_CHUNK = 5000  # ids per statement on SQLite (bound-parameter limits)
 
 
-def _publish_tenant(session: Session, organization_id: uuid.UUID, stamps: list[tuple[Table, Any]]) -> int:
+def _publish_tenant(session: Session | Connection, organization_id: uuid.UUID, stamps: list[tuple[Table, Any]]) -> int:
     """``stamps``: (table, ids written) or (table, a condition) to publish."""
-    dialect = session.get_bind().dialect.name
+    dialect = session.dialect.name if isinstance(session, Connection) else session.get_bind().dialect.name
     tick = _clock_tick(dialect, organization_id)
     if dialect == "postgresql":
         # One round trip: the clock and every stamp in one statement. Ids travel
@@ -249,19 +250,46 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _pending(tables: tuple[Table, ...], organization_id: uuid.UUID) -> Any:
+    """Whether any of the tenant's rows are written but unpublished: one index
+    probe per feed table."""
+    return select(
+        or_(*(exists().where(t.c.organization_id == organization_id, t.c.server_version.is_(None)) for t in tables))
+    )
+
+
+def _publish_if_pending(connection: Connection, organization_id: uuid.UUID) -> None:
+    """Under the tenant's clock lock, publish what is still pending. Checking
+    again under the lock means that of two publishers that raced, the second
+    finds the work done and writes nothing (no empty version, no WAL flush)."""
+    tables = feed_tables()
+    lock = select(SyncClock.version).where(SyncClock.organization_id == organization_id).with_for_update()
+    if connection.execute(lock).first() is None:
+        insert = postgresql.insert(SyncClock).values(organization_id=organization_id, version=0)
+        connection.execute(insert.on_conflict_do_nothing())
+        connection.execute(lock)
+    if connection.execute(_pending(tables, organization_id)).scalar():
+        _publish_tenant(connection, organization_id, [(t, _unpublished(t, organization_id)) for t in tables])
+
+
 async def publish_pending(session: AsyncSession, organization_id: uuid.UUID) -> None:
-    """Publish what the tenant's committed writes left unpublished (PostgreSQL).
-    One statement: on an autocommit connection (the read pool) it is its own
-    transaction; in a session transaction the caller commits. Costs one index
-    probe per feed table when nothing is pending."""
+    """Publish what the tenant's committed writes left unpublished (PostgreSQL),
+    in a short transaction of its own — never the caller's, which may run for
+    long or never commit. One probe when nothing is pending."""
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite publishes inside the writing transaction
-    tables = feed_tables()
-    probes = [exists().where(t.c.organization_id == organization_id, t.c.server_version.is_(None)) for t in tables]
-    if not await session.scalar(select(or_(*probes))):
+    if not await session.scalar(_pending(feed_tables(), organization_id)):
         return
-    stamps: list[tuple[Table, Any]] = [(t, _unpublished(t, organization_id)) for t in tables]
-    await session.run_sync(_publish_tenant, organization_id, stamps)
+    engine = session.bind
+    if not isinstance(engine, AsyncEngine):  # a session bound to one connection: publish on it
+        await session.run_sync(lambda s: _publish_if_pending(s.connection(), organization_id))
+        return
+    async with engine.connect() as connection:
+        # A transaction even on the read pool's autocommit connections: the
+        # clock lock must be held from the check to the commit.
+        await connection.execution_options(isolation_level="READ COMMITTED")
+        await connection.run_sync(_publish_if_pending, organization_id)
+        await connection.commit()
 
 
 class Publisher:
@@ -285,7 +313,6 @@ class Publisher:
             try:
                 async with self.sessionmaker() as session:
                     await publish_pending(session, organization_id)
-                    await session.commit()
             except SQLAlchemyError:
                 # Nothing is lost: the rows stay unpublished until the next try or pull.
                 log.warning("publishing tenant %s failed; will retry", organization_id, exc_info=True)
