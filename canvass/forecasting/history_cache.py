@@ -11,8 +11,11 @@ versions become visible in commit order). On each request:
 - ahead: the leads written since (leads and stage changes with ``server_version`` above the
   cached version, by the feed indexes) are re-read whole — the lead row and all of its stage
   changes, through the same statements as ``lead_history`` — and spliced into the arrays in
-  place of their old records (a deleted lead just leaves); past ``FULL_REREAD_SHARE`` of the
-  tenant, or if the clock went back (a restored database), everything is read again.
+  place of their old records (a deleted lead just leaves); if every re-read lead's records equal
+  its cached ones (the write changed nothing a forecast reads: a title, a note, an activity), the
+  arrays and the answers already given on them are kept and only the version moves; past
+  ``FULL_REREAD_SHARE`` of the tenant, or if the clock went back (a restored database), everything
+  is read again.
 
 The race: the clock is read first, then rows. A transaction committing in between may show in
 the rows although the cache is stamped with the older version; the next request re-reads those
