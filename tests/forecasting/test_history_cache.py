@@ -24,7 +24,7 @@ from canvass.errors import CanvassError
 from canvass.forecasting import history_cache
 from canvass.forecasting.history import LeadHistory
 from canvass.forecasting.queries import lead_history
-from canvass.forecasting.reports import _all_methods, _weighted_config, revenue_forecast
+from canvass.forecasting.reports import _all_methods, _weighted_config, backtest, revenue_forecast
 from canvass.pipeline.models import Lead
 from canvass.pipeline.schemas import LeadCreate, LeadUpdate, OutcomeRecord, StageMove
 from canvass.pipeline.scope import Actor, lead_scope
@@ -323,3 +323,18 @@ def test_a_write_the_forecast_does_not_read_keeps_the_arrays_and_the_answers(
     _, moved = run(client, forecast)
     assert moved.refresh == "patch:1" and moved.history is not after.history
     run(client, _compare, client, tenant)
+
+
+def test_a_backtest_is_reused_on_the_same_version_only(client: TestClient[Any], tenant: Tenant) -> None:
+    run(client, _load, client, tenant)
+    admin = _actor(tenant, "admin")
+
+    async def replay() -> Any:
+        async with client.app.state.sessionmaker() as session:
+            return await backtest(session, admin, [30], from_date=dt.date(2024, 6, 1), to_date=dt.date(2024, 9, 1))
+
+    first = run(client, replay)
+    assert first.results and run(client, replay) is first
+    run(client, _random_writes, client, tenant, random.Random(3), 3)
+    again = run(client, replay)
+    assert again is not first
