@@ -10,7 +10,9 @@ server (``canvass serve --workers N``, default 1 so every request meets the same
 4. ``--writes`` stage moves through the API (a lead the rules do not let move is marked lost
    instead: a stage change either way), then a forecast (the written leads are spliced in),
    then a warm one again; ``--rounds`` times;
-5. the peak resident memory (VmHWM) of every server process.
+5. ``--writes`` title edits (nothing a forecast reads), then a forecast: the written leads are
+   re-read and found unchanged, the answer already given stands;
+6. the peak resident memory (VmHWM) of every server process.
 
     python bench/forecast_cache_bench.py --url postgresql://postgres@127.0.0.1:5432/canvass_scale_...
 
@@ -51,12 +53,12 @@ NEXT_STAGE = {
 }
 
 
-def _post(port: int, path: str, token: str, body: dict[str, Any], timeout: float) -> int:
+def _post(port: int, path: str, token: str, body: dict[str, Any], timeout: float, method: str = "POST") -> int:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
         data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
+        method=method,
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -159,6 +161,23 @@ def run(url: str, workers: int, repeats: int, writes: int, rounds: int, timeout:
                     "warm_again": info_again,
                 }
             )
+        # Writes a forecast does not read (titles): the written leads are re-read, found unchanged,
+        # and the answer already given stands.
+        leads = asyncio.run(_open_leads(url, writes, 99))
+        started = time.perf_counter()
+        codes = [
+            _post(port, f"/api/v1/leads/{lead_id}", admin, {"title": f"Renamed {i}"}, timeout, "PATCH")
+            for i, (lead_id, _) in enumerate(leads)
+        ]
+        wrote = time.perf_counter() - started
+        after, info_after = _forecast(port, admin, timeout)
+        out["title_edits"] = {
+            "edits": len(codes),
+            "ok": sum(c == 200 for c in codes),
+            "writes_s": round(wrote, 2),
+            "after_edits_s": round(after, 3),
+            "after_edits": info_after,
+        }
         out["server_memory_mib"] = _memory(server.pid)
         out["load_1min_after"] = round(os.getloadavg()[0], 2)
     finally:

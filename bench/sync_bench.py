@@ -12,7 +12,8 @@ At ~10k leads, then again after growing the same database to --leads-large leads
 1. push: a fresh rep with fresh leads, a fresh device bootstraps, then pushes 1,000
    mutations recorded over the past day (lead.update of free text and amounts with
    `base`, calls and notes, visits with check-in/out, stage moves the gates allow,
-   objections); median of --push-runs runs; receipts by status.
+   objections); median of --push-runs runs; receipts by status. At the large size
+   also with --refused of them refused by the server (check-ins of unknown visits).
 2. concurrency: 25 reps x 2 devices, each pushing 50-100 mutations then pulling to
    the end, for --duration seconds; non-rejected receipts per second.
 3. incremental pull: a device one push of 100 lead edits behind; median of 20 pulls.
@@ -465,9 +466,11 @@ def _load() -> float:
 # ---------------------------------------------------------------- the measurements
 
 
-async def bench_push(tenant: Tenant, client: httpx.AsyncClient, runs: int) -> dict[str, Any]:
+async def bench_push(tenant: Tenant, client: httpx.AsyncClient, runs: int, refused: int = 0) -> dict[str, Any]:
     """A fresh rep with fresh leads; a device that bootstrapped a day ago pushes
-    the 1,000 mutations it recorded since."""
+    the 1,000 mutations it recorded since. refused: that many of them replaced
+    by a check-in of a visit the server does not know (refused `not-found`; a
+    refusal re-runs its group of mutations in parts)."""
     load = [_load()]
     samples = []
     for run in range(runs + 1):  # the first run warms the workers up and is not counted
@@ -477,6 +480,9 @@ async def bench_push(tenant: Tenant, client: httpx.AsyncClient, runs: int) -> di
         await device.pull_all()
         now = _now_ms()
         batch = device.mutations(1000, now - DAY_MS, now - 60_000)
+        for i in device.rng.sample(range(len(batch)), refused):
+            unknown = {"id": str(new_id()), "latitude": 31.2, "longitude": 121.4}
+            batch[i] = {**batch[i], "name": "activity.check_in", "args": unknown}
         names = Counter(m["name"] for m in batch)
         result = await device.push(batch, pending_age_s=DAY_MS // 1000)
         if run:
@@ -718,6 +724,10 @@ async def measure(args: argparse.Namespace, db: str, url: str, env: dict[str, st
                 with profiled(args.profile, server.pid, f"{db}-{size}-push"):
                     figures["push_1000"] = await bench_push(tenant, client, args.push_runs)
                 print(f"  push {figures['push_1000']}", flush=True)
+                if size == "large" and args.refused:
+                    with profiled(args.profile, server.pid, f"{db}-{size}-push-refused"):
+                        figures["push_1000_refused"] = await bench_push(tenant, client, args.push_runs, args.refused)
+                    print(f"  push with {args.refused} refused {figures['push_1000_refused']}", flush=True)
                 with profiled(args.profile, server.pid, f"{db}-{size}-concurrency"):
                     figures["concurrency"] = await bench_concurrency(
                         tenant, client, [email for _, email in load_reps], args.duration
@@ -788,6 +798,17 @@ def table(r: dict[str, Any]) -> str:
                 "→".join(map(str, p["load_1min"])),
             )
         )
+        if "push_1000_refused" in size:
+            q = size["push_1000_refused"]
+            rejected = q["receipts_by_status_per_run"].get("rejected", 0)
+            rows.append(
+                (
+                    f"push 1,000, {rejected:.0f} refused ({label})",
+                    f"{q['median_s']:.2f} s median of {q['runs']}",
+                    f"< {BARS['push_1000_s']} s: {bar(q['median_s'] < BARS['push_1000_s'])}",
+                    "→".join(map(str, q["load_1min"])),
+                )
+            )
         c = size["concurrency"]
         rows.append(
             (
@@ -856,6 +877,12 @@ def main() -> None:
     parser.add_argument("--push-runs", type=int, default=3)
     parser.add_argument("--pull-repetitions", type=int, default=20)
     parser.add_argument("--bootstrap-runs", type=int, default=3)
+    parser.add_argument(
+        "--refused",
+        type=int,
+        default=20,
+        help="large size: also push 1,000 mutations of which this many are refused (0: skip)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="default: 2 for PostgreSQL, 1 for SQLite")
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database (to EXPLAIN it)")
     parser.add_argument(

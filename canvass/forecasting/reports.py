@@ -300,7 +300,8 @@ async def backtest(
     """Replay the history the actor sees at monthly as-of dates and score every
     method. The maths runs in a worker thread: it is CPU work, not I/O."""
     async with queries.analytic_settings(session):
-        history = (await history_cache.history_for(session, actor)).history
+        scoped = await history_cache.history_for(session, actor)
+    history = scoped.history
     if history.created.size == 0:
         return BacktestReport(as_of=[], results=[], origins=[])
     if from_date is None:
@@ -309,13 +310,17 @@ async def backtest(
         latest = to_date or as_date(int(max(history.created.max(), history.closed.max())) + 1)
         from_date = max(first + dt.timedelta(days=1), latest - dt.timedelta(days=2 * 365))
     weighted = _weighted_config(await pipeline_config(session, actor.organization_id))
-    return await anyio.to_thread.run_sync(
-        functools.partial(
-            run_backtest,
-            history,
-            horizons=list(horizons),
-            from_date=from_date,
-            to_date=to_date,
-            weighted_config=weighted,
+    key = ("backtest", tuple(horizons), from_date, to_date, msgspec.json.encode(weighted))
+    if key not in scoped.results:  # deterministic: the same question on the same version, the same report
+        scoped.results[key] = await anyio.to_thread.run_sync(
+            functools.partial(
+                run_backtest,
+                history,
+                horizons=list(horizons),
+                from_date=from_date,
+                to_date=to_date,
+                weighted_config=weighted,
+            )
         )
-    )
+    report: BacktestReport = scoped.results[key]
+    return report

@@ -1,11 +1,16 @@
 """Push: apply a device's queued mutations exactly once, in seq order, through
 the pipeline services the REST API calls (PROTOCOL.md, "Push").
 
-One push is one transaction. Each mutation runs in a savepoint: a mutation a
-rule refuses rolls back only its own work and is answered ``rejected``; its seq
-is still consumed, so one bad intent never blocks the outbox behind it. The
-receipts are stored in the same transaction as the effects, so a push repeated
-after a lost reply is answered from them and applies nothing twice.
+One push is one transaction. Mutations run in groups under a savepoint: a
+mutation a rule refuses rolls back only its own work and is answered
+``rejected``; its seq is still consumed, so one bad intent never blocks the
+outbox behind it. The receipts are stored in the same transaction as the
+effects, so a push repeated after a lost reply is answered from them and
+applies nothing twice.
+
+What a push costs per mutation (PROTOCOL.md, "Push", "Cost"): the records the
+push names are read once up front (``_preload``), and within a group the
+services' flushes are put off (``_apply_put_off``).
 """
 
 from __future__ import annotations
@@ -256,7 +261,7 @@ def _rejected(m: Mutation, rule: str, message: str) -> Receipt:
 
 # Mutations run in groups under one savepoint each: a savepoint costs round
 # trips, and nearly every mutation applies. A group in which anything is refused
-# is rolled back whole and re-run one savepoint per mutation, so a refusal still
+# is rolled back whole and re-run in parts (``apply_group``), so a refusal still
 # undoes only its own mutation's work.
 GROUP = 50
 
@@ -325,7 +330,9 @@ async def _put_off(objects: Sequence[Any] | None = None) -> None:
     """A service's own flush while a group is applied (see ``apply_group``)."""
 
 
-async def _apply_put_off(session: AsyncSession, actor: Actor, group: Sequence[Mutation]) -> list[Receipt]:
+async def _apply_put_off(
+    session: AsyncSession, actor: Actor, group: Sequence[Mutation], refused_at: list[int]
+) -> list[Receipt]:
     """Apply a group with the services' flushes put off: the writes of several
     mutations go to the database in one flush (one unit of work, and inserts
     of a table in one statement) instead of one flush each. What the services
@@ -342,8 +349,8 @@ async def _apply_put_off(session: AsyncSession, actor: Actor, group: Sequence[Mu
     Each record's per-field versions get the timestamp of the mutation that
     changed it (``feed.HLC_OF``), not that of the mutation at whose flush it is
     written. A refusal found at a later flush (an integrity error) rolls the
-    group back, and the group is re-run one mutation at a time, flushing as the
-    services do."""
+    group back (see ``apply_group``). ``refused_at`` receives the index of the
+    mutation whose handler raised, if one did."""
     hlc_of: dict[Any, str] = {}
     session.info[feed.HLC_OF] = hlc_of
     autoflush = session.sync_session.autoflush
@@ -351,11 +358,15 @@ async def _apply_put_off(session: AsyncSession, actor: Actor, group: Sequence[Mu
     session.sync_session.autoflush = True
     try:
         receipts = []
-        for m in group:
+        for i, m in enumerate(group):
             if (session.new or session.dirty) and _changed(m) in _unflushed_versioned(session):
                 await AsyncSession.flush(session)
             _use_clock(session, m)
-            receipts.append(await HANDLERS[m.name](session, actor, m))
+            try:
+                receipts.append(await HANDLERS[m.name](session, actor, m))
+            except _REFUSALS:
+                refused_at.append(i)
+                raise
             hlc = session.info[feed.HLC]
             for obj in session.dirty:
                 if isinstance(obj, FieldVersioned):
@@ -367,17 +378,34 @@ async def _apply_put_off(session: AsyncSession, actor: Actor, group: Sequence[Mu
 
 
 async def apply_group(session: AsyncSession, actor: Actor, group: Sequence[Mutation]) -> list[Receipt]:
+    """Apply mutations under one savepoint. If one is refused, the group is
+    rolled back whole and re-run in parts: the mutations before the refused one
+    as a group, the refused one alone (its receipt says why), the rest as a
+    group — so a refusal costs a few savepoints, not one per mutation, and
+    still undoes only its own mutation's work. A refusal found only when the
+    group's writes were flushed (an integrity error) names no mutation: the
+    group is halved until it is found."""
+    if len(group) <= 1:
+        return [await apply_mutation(session, actor, m) for m in group]
     before = set(session.identity_map.keys())
+    refused_at: list[int] = []
     try:
         async with session.begin_nested():
-            return await _apply_put_off(session, actor, group)
+            return await _apply_put_off(session, actor, group, refused_at)
     except _REFUSALS:
         _forget_since(session, before)
-        session.info.pop(feed.HLC_OF, None)
-        return [await apply_mutation(session, actor, m) for m in group]
     finally:
         session.info.pop(feed.HLC, None)
         session.info.pop(feed.HLC_OF, None)
+    if refused_at:
+        k = refused_at[0]
+        return [
+            *await apply_group(session, actor, group[:k]),
+            await apply_mutation(session, actor, group[k]),
+            *await apply_group(session, actor, group[k + 1 :]),
+        ]
+    half = len(group) // 2
+    return [*await apply_group(session, actor, group[:half]), *await apply_group(session, actor, group[half:])]
 
 
 def _uuid(raw: Any) -> uuid.UUID | None:

@@ -24,7 +24,7 @@ from canvass.errors import CanvassError
 from canvass.forecasting import history_cache
 from canvass.forecasting.history import LeadHistory
 from canvass.forecasting.queries import lead_history
-from canvass.forecasting.reports import _all_methods, _weighted_config, revenue_forecast
+from canvass.forecasting.reports import _all_methods, _weighted_config, backtest, revenue_forecast
 from canvass.pipeline.models import Lead
 from canvass.pipeline.schemas import LeadCreate, LeadUpdate, OutcomeRecord, StageMove
 from canvass.pipeline.scope import Actor, lead_scope
@@ -145,8 +145,9 @@ def test_patched_history_equals_a_fresh_read_after_random_writes(
         ops += run(client, _random_writes, client, tenant, rng, rng.randint(2, 8))
         entry = run(client, _compare, client, tenant)
         refreshes.append(entry.refresh)
-    assert all(r.startswith("patch:") for r in refreshes), refreshes
-    assert max(int(r.split(":")[1]) for r in refreshes) > 2, refreshes  # some read in several chunks
+    assert all(r.startswith(("patch:", "unchanged:")) for r in refreshes), refreshes
+    patches = [int(r.split(":")[1]) for r in refreshes if r.startswith("patch:")]
+    assert len(patches) >= 5 and max(patches) > 2, refreshes  # some read in several chunks
     for op in ("create", "move", "outcome", "amount", "delete", "reassign"):
         assert op in ops, (op, ops)
     # Nothing written: the cached entry itself, no read.
@@ -280,3 +281,60 @@ def test_from_no_leads_to_one_and_back(
     run(client, delete, lead_id)
     none = run(client, _compare, client, other_tenant)
     assert (none.n_leads, none.refresh) == (0, "patch:1")
+
+
+def test_a_write_the_forecast_does_not_read_keeps_the_arrays_and_the_answers(
+    client: TestClient[Any], tenant: Tenant
+) -> None:
+    run(client, _load, client, tenant)
+    admin = _actor(tenant, "admin")
+
+    async def forecast() -> tuple[Any, history_cache.TenantHistory]:
+        async with client.app.state.sessionmaker() as session:
+            result = await revenue_forecast(session, admin, [30], as_of=dt.date(2024, 9, 1))
+            return result, await history_cache.tenant_history(session, tenant.organization_id)
+
+    async def edit(patch: LeadUpdate) -> None:
+        async with client.app.state.sessionmaker() as session, session.begin():
+            lead_id = await session.scalar(
+                select(Lead.id).where(Lead.organization_id == tenant.organization_id).order_by(Lead.id)
+            )
+            await lead_service.update_lead(session, admin, lead_id, patch)
+
+    first, before = run(client, forecast)
+    run(client, edit, LeadUpdate(title="Renamed", amount=777.0))  # the lead's own fields, not its history
+    second, after = run(client, forecast)
+    assert after.refresh == "unchanged:1" and after.version > before.version
+    assert after.history is before.history and after.results is before.results
+    assert second.forecasts == first.forecasts and second.history_version == after.version
+    assert run(client, _compare, client, tenant) is after
+
+    async def reassign() -> None:
+        async with client.app.state.sessionmaker() as session, session.begin():
+            lead = (
+                await session.scalars(
+                    select(Lead).where(Lead.organization_id == tenant.organization_id).order_by(Lead.id).limit(1)
+                )
+            ).one()
+            to = tenant.rep_b.id if lead.owner_id != tenant.rep_b.id else tenant.rep_a.id
+            await lead_service.update_lead(session, admin, lead.id, LeadUpdate(owner_id=to))
+
+    run(client, reassign)  # a reassignment is read
+    _, moved = run(client, forecast)
+    assert moved.refresh == "patch:1" and moved.history is not after.history
+    run(client, _compare, client, tenant)
+
+
+def test_a_backtest_is_reused_on_the_same_version_only(client: TestClient[Any], tenant: Tenant) -> None:
+    run(client, _load, client, tenant)
+    admin = _actor(tenant, "admin")
+
+    async def replay() -> Any:
+        async with client.app.state.sessionmaker() as session:
+            return await backtest(session, admin, [30], from_date=dt.date(2024, 6, 1), to_date=dt.date(2024, 9, 1))
+
+    first = run(client, replay)
+    assert first.results and run(client, replay) is first
+    run(client, _random_writes, client, tenant, random.Random(3), 3)
+    again = run(client, replay)
+    assert again is not first

@@ -267,3 +267,21 @@ def test_the_history_import_fills_the_summary(client: TestClient[Any], tenant: T
     assert won["reached_stage"] == STAGE_INDEX["close"]
     assert won["entered_qualify_at"] == T0 + 2 * day and won["exited_qualify_at"] == T0 + 5 * day
     assert won["entered_close_at"] == T0 + 5 * day and won["exited_close_at"] is None
+
+
+def test_devices_neither_version_nor_receive_the_summary(client: TestClient[Any], gates_off: Tenant) -> None:
+    """Server-derived: a move records no field version for the summary columns, and the lead a
+    device pulls (LeadOut) has none of them."""
+    sessionmaker = client.app.state.sessionmaker
+    admin = Actor(organization_id=gates_off.organization_id, user_id=gates_off.admin.id, role=Role.ADMIN)
+    lead_id = run(client, _play, sessionmaker, admin, [("next", 1), ("next", 1)])
+
+    async def read() -> tuple[dict[str, Any], Any]:
+        async with sessionmaker() as session:
+            lead = await lead_service.get_lead(session, admin, lead_id)
+            return dict(lead.field_versions or {}), lead_service.to_lead_out(lead)
+
+    versions, out = run(client, read)
+    assert "stage" in versions  # the move itself is versioned
+    assert not set(versions) & set(SUMMARY_COLUMNS)
+    assert not set(type(out).__struct_fields__) & set(SUMMARY_COLUMNS)

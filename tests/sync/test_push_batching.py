@@ -144,3 +144,27 @@ def test_a_push_reads_each_record_it_names_once(
     # only when a lead is edited again): 5 leads, 8 rounds, plus the receipts.
     assert statements["UPDATE"] <= 40 + 3 and statements["INSERT"] <= 10, statements
     assert sum(statements.values()) < len(batch) * 0.8, statements
+
+
+def test_a_refused_mutation_costs_a_few_savepoints_not_one_per_mutation(
+    client: TestClient[Any], tenant: Tenant, statements: Counter[str]
+) -> None:
+    device = RawDevice(client, tenant.rep_a)
+    lead = create_lead(client, tenant.rep_a)
+    batch = [
+        device.mutation("lead.update", {"id": lead["id"], "fields": {"next_step": f"Step {i}"}}) for i in range(20)
+    ]
+    missing = str(new_id())
+    batch[7] = {**batch[7], "name": "activity.check_in", "args": {"id": missing, "latitude": 1.0, "longitude": 2.0}}
+    batch[13] = {**batch[13], "name": "activity.check_out", "args": {"id": missing, "latitude": 1.0, "longitude": 2.0}}
+    statements.clear()
+    result = device.push(*batch)
+    assert [r["status"] for r in result["receipts"]] == ["applied"] * 7 + ["rejected"] + ["applied"] * 5 + [
+        "rejected"
+    ] + ["applied"] * 6
+    assert result["receipts"][7]["rule"] == "not-found"
+    # The group, [0:7], [7], [8:20] (refused at 13 again), [8:13], [13], [14:20]:
+    # seven savepoints, not twenty-one.
+    assert statements["SAVEPOINT"] <= 7, statements
+    updated = run(client, _leads, client.app.state.sessionmaker, [lead["id"]])[lead["id"]]
+    assert (updated.next_step, updated.version) == ("Step 19", lead["version"] + 18)  # each edit once
