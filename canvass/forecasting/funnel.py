@@ -69,6 +69,18 @@ def histogram_quantile(days: np.ndarray, counts: np.ndarray, q: float) -> float 
     return float(days[order][min(index, len(order) - 1)])
 
 
+def _stage_days(durations: StageDurations, i: int) -> tuple[int, float | None, float | None, float | None]:
+    """Visits of stage ``i`` that ended in the period, and their mean, median and p90 days."""
+    mine = durations.stage == i
+    visits = int(durations.visits[mine].sum())
+    return (
+        visits,
+        float(durations.total_days[mine].sum() / visits) if visits else None,
+        histogram_quantile(durations.day[mine], durations.visits[mine], 0.5),
+        histogram_quantile(durations.day[mine], durations.visits[mine], STUCK_PERCENTILE),
+    )
+
+
 def stage_figures(flow: StageFlow, durations: StageDurations) -> list[StageFigures]:
     figures = []
     won = np.array([s == LeadStatus.WON.value for s in flow.status], dtype=bool)
@@ -82,8 +94,7 @@ def stage_figures(flow: StageFlow, durations: StageDurations) -> list[StageFigur
             moved_on = won if stage.value == "close" else flow.furthest_stage > i
             advanced = int(flow.leads[in_cohort & moved_on].sum())
             rate = advanced / entered if entered else None
-        mine = durations.stage == i
-        visits = int(durations.visits[mine].sum())
+        visits, mean, median, p90 = _stage_days(durations, i)
         figures.append(
             StageFigures(
                 stage=stage.value,
@@ -92,21 +103,23 @@ def stage_figures(flow: StageFlow, durations: StageDurations) -> list[StageFigur
                 advanced=advanced,
                 conversion_rate=rate,
                 visits_ended=visits,
-                days_mean=float(durations.total_days[mine].sum() / visits) if visits else None,
-                days_median=histogram_quantile(durations.day[mine], durations.visits[mine], 0.5),
-                days_p90=histogram_quantile(durations.day[mine], durations.visits[mine], STUCK_PERCENTILE),
+                days_mean=mean,
+                days_median=median,
+                days_p90=p90,
             )
         )
     return figures
 
 
-def stuck_thresholds(figures: list[StageFigures], now: dt.datetime) -> dict[str, dt.datetime]:
-    """For each stage with enough history: leads that entered it before this are stuck."""
-    return {
-        f.stage: now - dt.timedelta(days=f.days_p90 + 1)
-        for f in figures
-        if f.days_p90 is not None and f.visits_ended >= MIN_VISITS_FOR_THRESHOLD and f.stage != "after_sale"
-    }
+def stuck_thresholds(durations: StageDurations, now: dt.datetime) -> dict[str, dt.datetime]:
+    """For each stage with enough history: leads that entered it before this are stuck
+    (longer in it than 90 % of the visits that ended in the period, plus a day)."""
+    thresholds = {}
+    for i, stage in enumerate(STAGE_ORDER):
+        visits, _, _, p90 = _stage_days(durations, i)
+        if p90 is not None and visits >= MIN_VISITS_FOR_THRESHOLD and stage.value != "after_sale":
+            thresholds[stage.value] = now - dt.timedelta(days=p90 + 1)
+    return thresholds
 
 
 def build_report(

@@ -40,23 +40,26 @@ async def funnel_report(
 ) -> funnel.FunnelReport:
     now = now or utcnow()
     async with queries.analytic_settings(session):
-        flow = await queries.stage_flow(session, actor, cut, period)
+        # Three statements: the days in stage (their p90 sets the stuck thresholds), then one
+        # pass for the flow, the outcomes, the open pipeline and the stuck count, then the
+        # stuck list (only when there is one).
         durations = await queries.stage_durations(session, actor, cut, period)
-        figures = funnel.stage_figures(flow, durations)
-        decided = await queries.outcomes(session, actor, cut, period)
-        open_count, open_amount = await queries.open_pipeline(session, actor, cut)
-        stuck_total, stuck = await queries.stuck_leads(
-            session, actor, cut, funnel.stuck_thresholds(figures, now), limit=STUCK_LIST_LIMIT
+        thresholds = funnel.stuck_thresholds(durations, now)
+        leads = await queries.lead_pass(session, actor, cut, period, thresholds)
+        stuck = (
+            await queries.stuck_leads(session, actor, cut, thresholds, limit=STUCK_LIST_LIMIT)
+            if leads.stuck_total
+            else []
         )
     return funnel.build_report(
         period_start=period.start,
         period_end=period.end,
-        figures=figures,
-        decided=decided,
-        open_count=open_count,
-        open_amount=open_amount,
+        figures=funnel.stage_figures(leads.flow, durations),
+        decided=leads.decided,
+        open_count=leads.open_count,
+        open_amount=leads.open_amount,
         quota=quota,
-        stuck_total=stuck_total,
+        stuck_total=leads.stuck_total,
         stuck=stuck,
         now=now,
     )
