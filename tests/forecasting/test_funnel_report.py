@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from canvass.forecasting.queries import FunnelCut, Period
+from canvass.forecasting.reports import funnel_report
+from canvass.pipeline.scope import Actor
 from canvass.pipeline.vocabulary import Stage
-from tests.conftest import Person, Tenant, create_account, create_contact, create_lead
+from tests.conftest import Person, Tenant, create_account, create_contact, create_lead, run
 
 DAY = dt.timedelta(days=1)
 
@@ -131,3 +134,45 @@ def test_funnel_refuses_an_empty_period(client: TestClient[Any], tenant: Tenant)
     )
     assert r.status_code == 422
     assert r.json()["field"] == "query.from"
+
+
+async def _funnel_as_of(sessionmaker: Any, who: Person, tenant: Tenant, t0: dt.datetime, now: dt.datetime) -> Any:
+    actor = Actor(organization_id=tenant.organization_id, user_id=who.id, role=who.role, team_path=who.team_path)
+    period = Period(t0 - DAY, t0 + 30 * DAY)
+    async with sessionmaker() as session:
+        return await funnel_report(session, actor, FunnelCut(), period, now=now)
+
+
+def test_funnel_outcomes_open_pipeline_and_stuck_leads(
+    client: TestClient[Any], tenant: Tenant, history: dt.datetime
+) -> None:
+    """The figures of the one lead-level pass: outcomes, sales cycle, open pipeline, and the
+    stuck count against thresholds set by the days in stage (at least ten visits)."""
+    t0, rep = history, tenant.rep_a
+    # Eight more deals through qualify in a day: eleven qualify visits (p90 one day) and twelve of
+    # prospecting (p90 under a day); one deal left in prospecting, one disqualified.
+    for n in range(8):
+        lead = create_lead(client, rep, title=f"moved {n}", amount=10.0)["id"]
+        _move(client, rep, lead, "qualify", _at(t0, 1))
+        _move(client, rep, lead, "approach", _at(t0, 2))
+    create_lead(client, rep, title="never moved", amount=5.0)
+    dropped = create_lead(client, rep, title="dropped", amount=7.0)["id"]
+    _outcome(client, rep, dropped, _at(t0, 3), outcome="disqualified", loss_reason="spam")
+    now = t0 + 60 * DAY
+    report = run(client, _funnel_as_of, client.app.state.sessionmaker, tenant.admin, tenant, t0, now)
+    assert (report.won, report.lost, report.disqualified) == (1, 1, 1)
+    assert report.won_amount == pytest.approx(1200.0) and report.lost_amount == pytest.approx(1000.0)
+    assert report.sales_cycle_days_median == 6  # created just after t0, won at t0 + 7 days
+    assert report.sales_cycle_days_mean == pytest.approx(7.0, abs=0.01)
+    # Open: "stays open" (1000), the eight (10 each), "never moved" (5), team B's lead (no amount).
+    assert report.open_pipeline == 11 and report.open_pipeline_amount == pytest.approx(1085.0)
+    # Stuck 60 days on: team B's lead in qualify (p90 1 day) and "never moved" in prospecting;
+    # approach has too few finished visits for a threshold, so the eight and "stays open" are not.
+    assert report.stuck_total == 2
+    assert sorted(s.title for s in report.stuck) == ["never moved", "team B"]
+    assert {s.stage: s.threshold_days for s in report.stuck} == {"prospecting": 0.0, "qualify": 1.0}
+    mine = run(client, _funnel_as_of, client.app.state.sessionmaker, tenant.manager_a, tenant, t0, now)
+    assert mine.stuck_total == 1 and [s.title for s in mine.stuck] == ["never moved"]
+    assert mine.open_pipeline == 10 and mine.disqualified == 1
+    # Today nobody is stuck: every stage was entered less than its threshold ago.
+    assert run(client, _funnel_as_of, client.app.state.sessionmaker, tenant.admin, tenant, t0, t0).stuck_total == 0
