@@ -681,7 +681,12 @@ async def measure(args: argparse.Namespace, db: str, url: str, env: dict[str, st
         await _pg("ANALYZE", database=name)
     seed_s = time.monotonic() - started
     server, port = _start_server(env, workers)
-    report: dict[str, Any] = {"workers": workers, "seed_seconds": round(seed_s, 1), "sizes": {}}
+    report: dict[str, Any] = {
+        "workers": workers,
+        "pool_size": args.pool_size,
+        "seed_seconds": round(seed_s, 1),
+        "sizes": {},
+    }
     try:
         limits = httpx.Limits(max_connections=120, max_keepalive_connections=120)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300, limits=limits) as client:
@@ -756,6 +761,12 @@ def bench_database(args: argparse.Namespace, db: str) -> dict[str, Any]:
         "CANVASS_DATABASE_URL": url,
         "CANVASS_SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "CANVASS_ACCESS_TOKEN_MINUTES": "600",
+        # Each worker has two pools (writes, reads) of pool size + as many
+        # overflow: 2 workers x 2 x (10 + 10) = 80 connections stay under
+        # PostgreSQL's default max_connections (100) beside the bench's own.
+        # With the default (16: 128 connections) the 50 devices ran PostgreSQL
+        # out of connections ("too many clients" -> 500).
+        "CANVASS_DB_POOL_SIZE": str(args.pool_size),
     }
     try:
         subprocess.run(
@@ -884,6 +895,12 @@ def main() -> None:
         help="large size: also push 1,000 mutations of which this many are refused (0: skip)",
     )
     parser.add_argument("--workers", type=int, default=None, help="default: 2 for PostgreSQL, 1 for SQLite")
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=10,
+        help="the server's CANVASS_DB_POOL_SIZE (per pool; each worker has two, each with as many overflow)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database (to EXPLAIN it)")
     parser.add_argument(
         "--profile",

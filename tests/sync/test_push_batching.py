@@ -36,14 +36,18 @@ async def _activity(sessionmaker: Any, activity_id: str) -> Activity | None:
 
 @pytest.fixture
 def statements(client: TestClient[Any]) -> Iterator[Counter[str]]:
-    """The SQL statements the app runs, by their first words."""
+    """The SQL statements the app runs, by their first word; leaving out the
+    change feed's publishing, which a background task of the app also runs
+    (on PostgreSQL) at any moment."""
     engine = client.app.state.sessionmaker.kw["bind"].sync_engine
     seen: Counter[str] = Counter()
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith(("SELECT (EXISTS", "WITH")) or "sync_clocks" in statement:
+            return
         words = statement.split()
         seen[words[0].upper()] += 1
-        if words[0].upper() == "SELECT" and "FROM leads" in statement:
+        if statement.startswith("SELECT leads."):  # leads read as records
             seen["SELECT leads"] += 1
 
     event.listen(engine, "before_cursor_execute", count)
