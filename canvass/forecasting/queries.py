@@ -216,14 +216,13 @@ class Outcomes(msgspec.Struct, kw_only=True):
 
 
 class LeadPass(msgspec.Struct, kw_only=True):
-    """Everything the funnel report reads from the leads of the cut except the days in
-    stage and the stuck leads' list, from one pass (:func:`lead_pass`)."""
+    """What the funnel report reads from the leads of the cut besides the days in stage
+    and the stuck leads, from one pass (:func:`lead_pass`)."""
 
     flow: StageFlow
     decided: Outcomes
     open_count: int
     open_amount: float
-    stuck_total: int
 
 
 def _stuck(entered_before: dict[str, dt.datetime]) -> ColumnElement[bool]:
@@ -239,14 +238,11 @@ def _stuck(entered_before: dict[str, dt.datetime]) -> ColumnElement[bool]:
     )
 
 
-async def lead_pass(
-    session: AsyncSession, actor: Actor, cut: FunnelCut, period: Period, entered_before: dict[str, dt.datetime]
-) -> LeadPass:
-    """The stage flow, the deals decided in the period, the open pipeline and the number of
-    stuck leads (``entered_before``: per stage, leads that entered it before this are stuck)
-    in one pass over the leads of the cut: one statement with an aggregate per figure (FILTER
-    clauses), grouped by the furthest stage reached, the status and the sales cycle's whole
-    days (won deals decided in the period; NULL for the rest).
+async def lead_pass(session: AsyncSession, actor: Actor, cut: FunnelCut, period: Period) -> LeadPass:
+    """The stage flow, the deals decided in the period and the open pipeline in one pass
+    over the leads of the cut: one statement with an aggregate per figure (FILTER clauses),
+    grouped by the furthest stage reached, the status and the sales cycle's whole days (won
+    deals decided in the period; NULL for the rest).
 
     The flow: a lead entered a stage in the period when its *first* advancing entry into it
     falls in the period (``canvass.pipeline.stage_summary``); its furthest stage is the
@@ -282,7 +278,6 @@ async def lead_pass(
                 func.count().filter(decided),
                 func.sum(Lead.amount).filter(decided),
                 func.sum(cycle).filter(decided_won),
-                func.count().filter(_stuck(entered_before)),
                 *per_stage,
             )
             # Leads with nothing to count are left out before the aggregates (about half a
@@ -293,10 +288,10 @@ async def lead_pass(
     ).all()
     stages = len(STAGE_ORDER)
     # One flow row per stage entered: (stage, its lead count, its amount, the group's row).
-    flow_rows = [(i, r[9 + 2 * i], r[10 + 2 * i], r) for r in rows for i in range(stages) if r[9 + 2 * i]]
+    flow_rows = [(i, r[8 + 2 * i], r[9 + 2 * i], r) for r in rows for i in range(stages) if r[8 + 2 * i]]
     by_status: dict[str, tuple[int, float]] = {}
     cycle_rows = []
-    open_count, open_amount, stuck_total = 0, 0.0, 0
+    open_count, open_amount = 0, 0.0
     for r in rows:
         status = r[1]
         n, total = by_status.get(status, (0, 0.0))
@@ -306,7 +301,6 @@ async def lead_pass(
         if status == LeadStatus.OPEN.value:
             open_count += int(r[3])
             open_amount += float(r[4] or 0.0)
-        stuck_total += int(r[8])
     return LeadPass(
         flow=StageFlow(
             entered_mask=np.array([1 << i for i, _, _, _ in flow_rows], dtype=np.int64),
@@ -327,7 +321,6 @@ async def lead_pass(
         ),
         open_count=open_count,
         open_amount=open_amount,
-        stuck_total=stuck_total,
     )
 
 
@@ -342,21 +335,27 @@ class OpenLead(msgspec.Struct, kw_only=True):
 
 async def stuck_leads(
     session: AsyncSession, actor: Actor, cut: FunnelCut, entered_before: dict[str, dt.datetime], *, limit: int
-) -> list[OpenLead]:
-    """The longest stuck of the open leads that entered their current stage before that
-    stage's threshold (their number comes from :func:`lead_pass`)."""
+) -> tuple[int, list[OpenLead]]:
+    """Open leads that entered their current stage before that stage's threshold: how
+    many, and the ``limit`` longest stuck. One statement (the count is a window over all
+    of them, taken before the limit)."""
     if not entered_before:
-        return []
+        return 0, []
     in_cut = await _cut_condition(session, actor, cut)
     rows = (
         await session.execute(
-            select(Lead.id, Lead.title, Lead.owner_id, Lead.stage, Lead.stage_entered_at, Lead.amount)
+            select(
+                Lead.id, Lead.title, Lead.owner_id, Lead.stage, Lead.stage_entered_at, Lead.amount, func.count().over()
+            )
             .where(in_cut, _stuck(entered_before))
             .order_by(Lead.stage_entered_at, Lead.id)
             .limit(limit)
         )
     ).all()
-    return [OpenLead(id=r[0], title=r[1], owner_id=r[2], stage=r[3], stage_entered_at=r[4], amount=r[5]) for r in rows]
+    total = int(rows[0][6]) if rows else 0
+    return total, [
+        OpenLead(id=r[0], title=r[1], owner_id=r[2], stage=r[3], stage_entered_at=r[4], amount=r[5]) for r in rows
+    ]
 
 
 class OwnerPipeline(msgspec.Struct, kw_only=True):

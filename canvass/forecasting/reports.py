@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio.to_thread
 import msgspec
 from sqlalchemy import and_, select, true
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from canvass.db import utcnow
 from canvass.forecasting import funnel, history_cache, queries, rollup
@@ -38,19 +39,40 @@ async def funnel_report(
     quota: float | None = None,
     now: dt.datetime | None = None,
 ) -> funnel.FunnelReport:
+    """Three statements over the leads of the cut: the days in stage, then the stuck leads
+    (the days' p90 sets the thresholds); and one pass for the flow, the outcomes and the open
+    pipeline. On PostgreSQL that pass runs at the same time on a second connection of the
+    session's engine (each statement reads committed rows at its own snapshot, as every read
+    here does at READ COMMITTED; rows the session wrote and has not committed are not seen
+    by the second connection)."""
     now = now or utcnow()
-    async with queries.analytic_settings(session):
-        # Three statements: the days in stage (their p90 sets the stuck thresholds), then one
-        # pass for the flow, the outcomes, the open pipeline and the stuck count, then the
-        # stuck list (only when there is one).
-        durations = await queries.stage_durations(session, actor, cut, period)
-        thresholds = funnel.stuck_thresholds(durations, now)
-        leads = await queries.lead_pass(session, actor, cut, period, thresholds)
-        stuck = (
-            await queries.stuck_leads(session, actor, cut, thresholds, limit=STUCK_LIST_LIMIT)
-            if leads.stuck_total
-            else []
-        )
+
+    async def days_and_stuck(s: AsyncSession) -> tuple[queries.StageDurations, int, list[queries.OpenLead]]:
+        async with queries.analytic_settings(s):
+            durations = await queries.stage_durations(s, actor, cut, period)
+            total, stuck = await queries.stuck_leads(
+                s, actor, cut, funnel.stuck_thresholds(durations, now), limit=STUCK_LIST_LIMIT
+            )
+        return durations, total, stuck
+
+    async def lead_figures(s: AsyncSession) -> queries.LeadPass:
+        async with queries.analytic_settings(s):
+            return await queries.lead_pass(s, actor, cut, period)
+
+    engine = session.bind
+    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql":
+        results: dict[str, Any] = {}
+
+        async def into(key: str, work: Callable[[AsyncSession], Awaitable[Any]], s: AsyncSession) -> None:
+            results[key] = await work(s)
+
+        async with AsyncSession(engine) as second, anyio.create_task_group() as tasks:
+            tasks.start_soon(into, "days", days_and_stuck, session)
+            tasks.start_soon(into, "leads", lead_figures, second)
+        (durations, stuck_total, stuck), leads = results["days"], results["leads"]
+    else:
+        durations, stuck_total, stuck = await days_and_stuck(session)
+        leads = await lead_figures(session)
     return funnel.build_report(
         period_start=period.start,
         period_end=period.end,
@@ -59,7 +81,7 @@ async def funnel_report(
         open_count=leads.open_count,
         open_amount=leads.open_amount,
         quota=quota,
-        stuck_total=leads.stuck_total,
+        stuck_total=stuck_total,
         stuck=stuck,
         now=now,
     )
