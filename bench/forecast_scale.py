@@ -363,12 +363,15 @@ LEAD_COLUMNS = (
     "stage_entered_at", "forecast_category", "probability_override", "qualification",
     "qualification_override_reason", "visit_plan", "next_step", "closing_signals", "closing_method",
     "loss_reason", "competitor", "lost_at_stage", "closed_at", "deleted_at", "created_at", "updated_at", "version",
-    *(f"{kind}_{stage}_at" for stage in STAGES for kind in ("entered", "exited")), "reached_stage",
+    *(f"{kind}_{stage}_at" for stage in STAGES for kind in ("entered", "exited")), "reached_stage", "server_version",
 )  # fmt: skip
 CHANGE_COLUMNS = (
     "organization_id", "id", "lead_id", "from_stage", "to_stage", "status", "amount", "at",
-    "from_stage_entered_at", "by_user_id", "by_device_id", "note", "imported",
+    "from_stage_entered_at", "by_user_id", "by_device_id", "note", "imported", "server_version",
 )  # fmt: skip
+# A bulk load is published to the change feed as one version, as migration 0003 published the rows
+# it found: devices and the forecast's history cache see it like any write.
+LOADED_VERSION = 1
 CATEGORIES = ("pipeline", "best_case", "commit", "closed", "omitted")
 
 
@@ -416,6 +419,7 @@ def lead_rows(t: Tenant, who: People, lo: int, hi: int, sqlite: bool) -> list[tu
     for s in range(len(STAGES)):
         columns += [_stamps(t.entered[sl, s], sqlite), _stamps(t.exited[sl, s], sqlite)]
     columns.append([None if r < 0 else r for r in t.reached[sl].tolist()])
+    columns.append([LOADED_VERSION] * n)
     return list(zip(*columns, strict=True))
 
 
@@ -446,6 +450,7 @@ def change_rows(t: Tenant, who: People, lo: int, hi: int, sqlite: bool) -> list[
         [None] * n,
         [None] * n,
         [1 if sqlite else "t"] * n,
+        [LOADED_VERSION] * n,
     ]
     return list(zip(*columns, strict=True))
 
@@ -511,7 +516,7 @@ async def seed_people(url: str, n_reps: int, n_accounts: int) -> People:
                 "organization_id": org.id, "id": a, "name": f"Customer {i:05d}", "kind": "customer",
                 "owner_id": reps[i % n_reps], "territory_id": territories[i % len(territories)],
                 "contact_cycle_days": 30, "lifecycle_stage": "prospect", "tags": [], "custom_fields": {},
-                "created_at": now, "updated_at": now, "version": 1,
+                "created_at": now, "updated_at": now, "version": 1, "server_version": LOADED_VERSION,
             }
             for i, a in enumerate(accounts)
         ]  # fmt: skip
@@ -539,6 +544,11 @@ async def load_postgresql(url: str, t: Tenant, who: People) -> None:
                 await conn.copy_to_table(
                     table, source=io.BytesIO(buffer.getvalue().encode()), columns=list(columns), format="csv"
                 )
+        await conn.execute(
+            "INSERT INTO sync_clocks (organization_id, version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            who.organization_id,
+            LOADED_VERSION,
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -557,6 +567,11 @@ def load_sqlite(path: Path, t: Tenant, who: People) -> None:
             for lo in range(0, total, CHUNK):
                 with conn:
                     conn.executemany(statement, make(t, who, lo, min(lo + CHUNK, total), True))
+        with conn:
+            conn.execute(
+                "INSERT INTO sync_clocks (organization_id, version) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (who.organization_id.hex, LOADED_VERSION),
+            )
         conn.execute("ANALYZE")
         conn.commit()
     finally:
