@@ -66,7 +66,7 @@ from canvass.pipeline.services import accounts, imports, people  # noqa: E402
 from canvass.pipeline.services.imports import HistoryEntry, LeadImportRow  # noqa: E402
 from canvass.pipeline.vocabulary import LeadStatus, Role, Stage  # noqa: E402
 from canvass.settings import to_async_url  # noqa: E402
-from canvass.sync import feed  # noqa: E402, F401  (the importer's rows join the change feed, as in the CLI)
+from canvass.sync import feed  # noqa: E402  (the importer's rows join the change feed, as in the CLI)
 
 BARS = {  # PostgreSQL, from issue 3
     "push_1000_s": 2.0,
@@ -219,6 +219,14 @@ class Tenant:
             rows = self.rows(boot_rep, share, open_only=False)
             rows += [r for j in range(n - share) for r in self.rows(self.bulk_reps[j % BULK_REPS], 1, open_only=False)]
             await self.load(rows)
+
+    async def publish(self) -> None:
+        """Publish what the bulk load wrote (on PostgreSQL a write is published
+        after its commit, by the API process that made it or the next pull: the
+        bench loads outside any API process, and a measured pull must not pay
+        for publishing the whole seed)."""
+        async with session_factory(self.engine)() as session:
+            await feed.publish_pending(session, self.boot.organization_id)
 
     async def lead_count(self) -> int:
         from sqlalchemy import func, select
@@ -677,6 +685,7 @@ async def measure(args: argparse.Namespace, db: str, url: str, env: dict[str, st
     rows += tenant.rows(pull_rep, PULL_LEADS, open_only=False)
     await tenant.load(rows)
     await tenant.fill(args.leads_small, boot_rep, BOOT_LEADS, args.leads_large)
+    await tenant.publish()
     if db == "postgresql":
         await _pg("ANALYZE", database=name)
     seed_s = time.monotonic() - started
@@ -711,6 +720,7 @@ async def measure(args: argparse.Namespace, db: str, url: str, env: dict[str, st
                         )
                     ]
                     await boot_device.push(logs)
+                    await tenant.publish()
                     if db == "postgresql":
                         await _pg("ANALYZE", database=name)
                     report["grow_seconds"] = round(time.monotonic() - started, 1)
