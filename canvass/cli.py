@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from canvass.forecasting.history import LeadHistory
 
 from canvass.settings import get_settings
-from canvass.sync import feed  # noqa: F401  (publishes every write to the change feed)
+from canvass.sync import feed  # publishes every write to the change feed
 
 
 @click.group()
@@ -73,8 +73,24 @@ def demo_load(data_dir: str | None) -> None:
     """Load the demo tenant from the Maven CRM sample data (idempotent)."""
     from canvass.pipeline.demo import load_demo
 
-    report = asyncio.run(load_demo(get_settings(), data_dir))
-    click.echo(report)
+    async def load_and_publish() -> str:
+        report = await load_demo(get_settings(), data_dir)
+        await _publish_written()
+        return report
+
+    click.echo(asyncio.run(load_and_publish()))
+
+
+async def _publish_written() -> None:
+    """Publish to the change feed what this command wrote: on PostgreSQL an API
+    process publishes its writes just after they commit; a command is not one."""
+    from canvass.db import create_engine, session_factory
+
+    engine = create_engine(get_settings().async_database_url)
+    try:
+        await feed.Publisher(session_factory(engine)).publish_now()
+    finally:
+        await engine.dispose()
 
 
 @main.group()
