@@ -377,6 +377,24 @@ async def _apply_put_off(
         session.sync_session.autoflush = autoflush
 
 
+async def _reload_expired(session: AsyncSession, actor: Actor) -> None:
+    """After a group rolled back: the records read up front that it had changed
+    are expired; read them again, one query per table, instead of one by one
+    as the re-run reaches them."""
+    info = session.info.get(PRELOADED)
+    if info is None:
+        return
+    expired: dict[type[Any], list[uuid.UUID]] = {}
+    for obj in info["held"]:
+        state = inspect(obj)
+        if state.persistent and (state.expired or state.expired_attributes - {"server_version"}):
+            expired.setdefault(type(obj), []).append(state.identity[1])
+    if Lead in expired:  # already locked: the lock is the transaction's
+        await session.execute(select(Lead).where(lead_scope(actor), Lead.id.in_(sorted(expired[Lead]))))
+    if Activity in expired:
+        await session.execute(select(Activity).where(activity_scope(actor), Activity.id.in_(sorted(expired[Activity]))))
+
+
 async def apply_group(session: AsyncSession, actor: Actor, group: Sequence[Mutation]) -> list[Receipt]:
     """Apply mutations under one savepoint. If one is refused, the group is
     rolled back whole and re-run in parts: the mutations before the refused one
@@ -397,6 +415,7 @@ async def apply_group(session: AsyncSession, actor: Actor, group: Sequence[Mutat
     finally:
         session.info.pop(feed.HLC, None)
         session.info.pop(feed.HLC_OF, None)
+    await _reload_expired(session, actor)
     if refused_at:
         k = refused_at[0]
         return [
