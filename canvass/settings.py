@@ -30,6 +30,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_size: int = 16
     demo_password: str | None = None
     environment: str = "development"
+    # Where each process keeps snapshots of large tenants' forecast history (see
+    # canvass/forecasting/history_cache.py), so a new or restarted process does not read the
+    # whole history again. None: no snapshots (CANVASS_HISTORY_SNAPSHOT_DIR="").
+    history_snapshot_dir: str | None = None
 
     @property
     def async_database_url(self) -> str:
@@ -71,4 +75,10 @@ def get_settings() -> Settings:
         db_pool_size=int(env.get("CANVASS_DB_POOL_SIZE", "16")),
         demo_password=env.get("CANVASS_DEMO_PASSWORD") or None,
         environment=env.get("CANVASS_ENV", "development"),
+        history_snapshot_dir=env.get("CANVASS_HISTORY_SNAPSHOT_DIR", _default_snapshot_dir()) or None,
     )
+
+
+def _default_snapshot_dir() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "canvass", "history")

@@ -50,7 +50,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
 import uuid
 import weakref
 from collections.abc import Hashable
@@ -59,15 +66,18 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
-from sqlalchemy import select, union
+from sqlalchemy import select, text, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.forecasting import queries
 from canvass.forecasting.history import LeadHistory
-from canvass.pipeline.models import Lead, StageChange, User
+from canvass.pipeline.models import Lead, Organization, StageChange, User
 from canvass.pipeline.scope import Actor, visible_owner
+from canvass.settings import get_settings
 from canvass.sync import feed
 from canvass.sync.models import SyncClock
+
+log = logging.getLogger(__name__)
 
 MAX_TENANTS = 4  # tenants cached per process
 MAX_CACHED_LEADS = 1_500_000  # leads cached per process, all tenants: ~280 MB, + a cold 1M read stays < 1 GiB
@@ -89,6 +99,7 @@ class TenantHistory:
     # codes) and the caller's key: the maths is deterministic, so the same question on the same
     # version has the same answer. Dropped with the entry when a write moves the version on.
     results: dict[tuple[int, ...] | None, dict[Hashable, Any]] = field(default_factory=dict, repr=False)
+    snapshot_lag: int = 0  # leads re-read since the arrays were last written to or loaded from a snapshot
 
     @property
     def n_leads(self) -> int:
@@ -135,6 +146,11 @@ async def tenant_history(session: AsyncSession, organization_id: uuid.UUID) -> T
     async with _cache.lock(key):
         clock = await _clock(session, organization_id)
         entry = _cache.get(key)
+        if entry is None:  # a new or restarted process: the snapshot another one left, if any
+            entry = await _load_snapshot(session, key)
+            if entry is not None and entry.version == clock:
+                _cache.put(key, entry)
+                return entry
         if entry is not None and entry.version == clock:
             return entry
         fresh: TenantHistory | None = None
@@ -150,7 +166,198 @@ async def tenant_history(session: AsyncSession, organization_id: uuid.UUID) -> T
             fresh = await anyio.to_thread.run_sync(_built, clock, raw, leads, changes)
         del entry
         _cache.put(key, fresh)
+        if fresh.n_leads >= SNAPSHOT_MIN_LEADS and (
+            fresh.refresh == "full" or fresh.snapshot_lag > SNAPSHOT_REWRITE_SHARE * fresh.n_leads
+        ):
+            await _save_snapshot(session, key, fresh)
+            if fresh.snapshot_lag:
+                fresh = dataclasses.replace(fresh, snapshot_lag=0)
+                _cache.put(key, fresh)
         return fresh
+
+
+# Snapshots: a large tenant's arrays in a file, so that a new or restarted process (every worker
+# of ``canvass serve --workers N`` has its own cache) loads them and splices the leads written
+# since, instead of reading the whole history. One file per database and tenant, in the
+# ``history_snapshot_dir`` setting; written (in a worker thread, the request does not wait) after a
+# full read and after ``SNAPSHOT_REWRITE_SHARE`` of the tenant was spliced in since; a temporary
+# file renamed over the old one, so a reader (another process) sees the old file or the new one.
+# A file records the database it was read from (PostgreSQL: the database's oid; SQLite: the file's
+# inode) and the tenant's creation time: a database dropped and created again under the same name
+# does not match. At most ``MAX_SNAPSHOTS`` files and ``MAX_SNAPSHOT_BYTES`` in the directory, the
+# least recently used removed first.
+SNAPSHOT_MIN_LEADS = 50_000  # smaller tenants are read whole in well under a second: no file
+SNAPSHOT_REWRITE_SHARE = 0.01
+MAX_SNAPSHOTS = 8
+MAX_SNAPSHOT_BYTES = 4 << 30
+_FROM_SETTINGS = "<settings>"
+SNAPSHOT_DIR: str | None = _FROM_SETTINGS  # tests point it elsewhere; None: no snapshots
+_SNAPSHOT_FORMAT = 1
+_SNAPSHOT_MAGIC = b"CANVASS-HISTORY\n"
+_HISTORY_FIELDS = tuple(f.name for f in dataclasses.fields(LeadHistory) if f.name != "_cache")
+_STALE_TEMP_SECONDS = 3600
+_writes: set[asyncio.Future[None]] = set()
+
+
+def _snapshot_dir() -> str | None:
+    return get_settings().history_snapshot_dir if SNAPSHOT_DIR == _FROM_SETTINGS else SNAPSHOT_DIR
+
+
+def _snapshot_path(directory: str, key: tuple[str, uuid.UUID]) -> str:
+    digest = hashlib.sha256(f"{key[0]}|{key[1]}".encode()).hexdigest()[:40]
+    return os.path.join(directory, f"history-{digest}.bin")
+
+
+async def _database_identity(session: AsyncSession, organization_id: uuid.UUID) -> str | None:
+    """What a snapshot must have been read from: this database (not another one created since
+    under the same name or path) and this tenant. None: no snapshot (an in-memory database)."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        oid = await session.scalar(text("SELECT oid FROM pg_database WHERE datname = current_database()"))
+        where = f"postgresql:{oid}"
+    else:
+        path = bind.engine.url.database
+        if not path or path == ":memory:" or not os.path.exists(path):
+            return None
+        stat = os.stat(path)
+        where = f"{bind.dialect.name}:{stat.st_dev}:{stat.st_ino}"
+    created = await session.scalar(select(Organization.created_at).where(Organization.id == organization_id))
+    return None if created is None else f"{where}:{organization_id}:{created.isoformat()}"
+
+
+async def _load_snapshot(session: AsyncSession, key: tuple[str, uuid.UUID]) -> TenantHistory | None:
+    directory = _snapshot_dir()
+    if directory is None:
+        return None
+    path = _snapshot_path(directory, key)
+    if not os.path.exists(path):
+        return None
+    identity = await _database_identity(session, key[1])
+    if identity is None:
+        return None
+    return await anyio.to_thread.run_sync(_read_snapshot, path, identity)
+
+
+def _read_snapshot(path: str, identity: str) -> TenantHistory | None:
+    try:
+        with open(path, "rb", buffering=0) as file:
+            data = bytearray(os.fstat(file.fileno()).st_size)  # one read, the arrays are views of it
+            if file.readinto(data) != len(data) or data[: len(_SNAPSHOT_MAGIC)] != _SNAPSHOT_MAGIC:
+                return None
+        start = len(_SNAPSHOT_MAGIC) + 8
+        size = int.from_bytes(data[start - 8 : start], "little")
+        header = json.loads(bytes(data[start : start + size]))
+        base = _aligned(start + size)
+        if header.get("format") != _SNAPSHOT_FORMAT or header.get("identity") != identity:
+            return None
+        arrays: dict[str, np.ndarray] = {}
+        for name, dtype, shape, offset in header["arrays"]:
+            kind = np.dtype(dtype)
+            count = int(np.prod(shape))
+            if base + offset + count * kind.itemsize > len(data):
+                return None
+            arrays[name] = np.frombuffer(data, kind, count, base + offset).reshape(shape)
+        fields: dict[str, Any] = {name: arrays[f"h_{name}"] for name in _HISTORY_FIELDS}
+        history = LeadHistory(**fields)
+        entry = TenantHistory(
+            version=int(header["version"]),
+            history=history,
+            ids=arrays["ids"],
+            owner_code=arrays["owner_code"],
+            owners=arrays["owners"],
+            raw=bool(header["raw"]),
+            refresh="snapshot",
+        )
+        n = entry.n_leads
+        per_lead = ("created", "owner", "status", "closed", "stage_start", "amount_start")
+        if entry.owner_code.shape[0] != n or any(getattr(history, name).shape[0] != n for name in per_lead):
+            return None
+        os.utime(path)  # recently used: pruned last
+        return entry
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("history snapshot %s not used: %s", path, error)
+        return None
+
+
+async def _save_snapshot(session: AsyncSession, key: tuple[str, uuid.UUID], entry: TenantHistory) -> None:
+    """Write the entry's snapshot in a worker thread; the request does not wait for it."""
+    directory = _snapshot_dir()
+    if directory is None:
+        return
+    identity = await _database_identity(session, key[1])
+    if identity is None:
+        return
+    future = asyncio.get_running_loop().run_in_executor(
+        None, _write_snapshot, directory, _snapshot_path(directory, key), identity, entry
+    )
+    _writes.add(future)
+    future.add_done_callback(_writes.discard)
+
+
+async def snapshots_written() -> None:
+    """Wait for the snapshot writes under way (tests, benchmarks)."""
+    await asyncio.gather(*list(_writes))
+
+
+def _write_snapshot(directory: str, path: str, identity: str, entry: TenantHistory) -> None:
+    arrays = {f"h_{name}": getattr(entry.history, name) for name in _HISTORY_FIELDS}
+    arrays.update(ids=entry.ids, owner_code=entry.owner_code, owners=entry.owners)
+    layout: list[tuple[str, str, list[int], int]] = []
+    offset = 0
+    for name, array in arrays.items():  # offsets from the data's start, each array 64-byte aligned
+        layout.append((name, array.dtype.str, list(array.shape), offset))
+        offset += _aligned(array.nbytes)
+    header = json.dumps(
+        {"format": _SNAPSHOT_FORMAT, "version": entry.version, "raw": entry.raw, "identity": identity, "arrays": layout}
+    ).encode()
+    base = _aligned(len(_SNAPSHOT_MAGIC) + 8 + len(header))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-history-", suffix=".bin", dir=directory)  # mode 0600
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(_SNAPSHOT_MAGIC + len(header).to_bytes(8, "little") + header)
+                for (_, _, _, at), array in zip(layout, arrays.values(), strict=True):
+                    file.write(b"\0" * (base + at - file.tell()))
+                    file.write(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+            os.replace(temporary, path)  # atomic: another process reads the old file or this one
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        _prune(directory)
+    except OSError as error:  # a full disk or a read-only directory costs the next cold start, no more
+        log.warning("history snapshot %s not written: %s", path, error)
+
+
+def _aligned(size: int) -> int:
+    return -(-size // 64) * 64
+
+
+def _prune(directory: str) -> None:
+    """Least recently used snapshots out past the bounds; temporary files a killed writer left."""
+    now = time.time()
+    files = []
+    for item in os.scandir(directory):
+        try:
+            stat = item.stat()
+        except FileNotFoundError:
+            continue
+        if item.name.startswith(".tmp-history-"):
+            if now - stat.st_mtime > _STALE_TEMP_SECONDS:
+                _unlink(item.path)
+        elif item.name.startswith("history-") and item.name.endswith(".bin"):
+            files.append((stat.st_mtime, stat.st_size, item.path))
+    files.sort(reverse=True)
+    total = 0
+    for count, (_, size, path) in enumerate(files, 1):
+        total += size
+        if count > MAX_SNAPSHOTS or total > MAX_SNAPSHOT_BYTES:
+            _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):  # another process pruned it first
+        os.unlink(path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -281,7 +488,13 @@ def _patched(
     if _same_records(old, part, part_ids, part_codes, dropped):
         # Most writes do not touch what a forecast reads (a title, a note, an activity, the lead's
         # own amount field): same arrays, and the answers already given on them stand.
-        return dataclasses.replace(old, version=version, owners=owners, refresh=f"unchanged:{len(written)}")
+        return dataclasses.replace(
+            old,
+            version=version,
+            owners=owners,
+            refresh=f"unchanged:{len(written)}",
+            snapshot_lag=old.snapshot_lag + len(written),
+        )
     kept_old = np.flatnonzero(keep)
     kept_ids = old.ids[kept_old]
     at = np.searchsorted(kept_ids, part_ids)  # the part's ids are all written ones: never among the kept
@@ -363,6 +576,7 @@ def _patched(
         owners=owners,
         raw=old.raw,
         refresh=f"patch:{len(written)}",
+        snapshot_lag=old.snapshot_lag + len(written),
     )
 
 
