@@ -10,7 +10,9 @@ computed from a scoped fresh read.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
+import os
 import random
 import uuid
 from typing import Any
@@ -338,3 +340,121 @@ def test_a_backtest_is_reused_on_the_same_version_only(client: TestClient[Any], 
     run(client, _random_writes, client, tenant, random.Random(3), 3)
     again = run(client, replay)
     assert again is not first
+
+
+def _snapshots(directory: Any) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_a_new_process_loads_the_snapshot_and_splices_the_writes_since(
+    client: TestClient[Any], tenant: Tenant, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(history_cache, "SNAPSHOT_DIR", str(tmp_path))
+    monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 1)
+    monkeypatch.setattr(history_cache, "SNAPSHOT_REWRITE_SHARE", 10.0)  # no rewrite until said
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    run(client, _load, client, tenant)
+    full_reads: list[bool] = []
+    built = history_cache._built
+
+    def counted(*args: Any) -> history_cache.TenantHistory:
+        full_reads.append(True)
+        return built(*args)
+
+    monkeypatch.setattr(history_cache, "_built", counted)  # the cache's whole reads
+    first = run(client, _compare, client, tenant)
+    run(client, history_cache.snapshots_written)
+    assert first.refresh == "full" and full_reads == [True]
+    [name] = _snapshots(tmp_path)
+    assert name.startswith("history-") and name.endswith(".bin")
+    assert (tmp_path / name).stat().st_mode & 0o077 == 0  # the tenant's data: the owner's only
+
+    # A new process (the cache forgotten): the file, no read, the same arrays.
+    history_cache.clear()
+    loaded = run(client, _compare, client, tenant)
+    assert loaded.refresh == "snapshot" and loaded.version == first.version and full_reads == [True]
+    assert loaded.history is not first.history and np.array_equal(loaded.ids, first.ids)
+    assert np.array_equal(loaded.owners, first.owners) and np.array_equal(loaded.owner_code, first.owner_code)
+
+    # Writes after the snapshot: a new process loads it and splices the written leads in.
+    rng = random.Random(11)
+    for _ in range(3):
+        run(client, _random_writes, client, tenant, rng, rng.randint(3, 6))
+        history_cache.clear()
+        spliced = run(client, _compare, client, tenant)
+        assert spliced.refresh.startswith(("patch:", "unchanged:")) and spliced.version > first.version
+        assert full_reads == [True], full_reads
+    assert _snapshots(tmp_path) == [name]  # unchanged: the lag is under the rewrite share
+
+    # Past the rewrite share, the spliced arrays are written again: the next process needs no splice.
+    monkeypatch.setattr(history_cache, "SNAPSHOT_REWRITE_SHARE", 0.0)
+    run(client, _random_writes, client, tenant, rng, 3)
+    rewritten = run(client, _compare, client, tenant)
+    run(client, history_cache.snapshots_written)
+    assert rewritten.snapshot_lag == 0
+    history_cache.clear()
+    again = run(client, _compare, client, tenant)
+    assert (again.refresh, again.version) == ("snapshot", rewritten.version)
+    assert full_reads == [True]
+
+
+def test_a_snapshot_of_another_database_or_a_damaged_one_is_not_used(
+    client: TestClient[Any], tenant: Tenant, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(history_cache, "SNAPSHOT_DIR", str(tmp_path))
+    monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 1)
+    run(client, _load, client, tenant)
+    first = run(client, _compare, client, tenant)
+    run(client, history_cache.snapshots_written)
+    [name] = _snapshots(tmp_path)
+    real = history_cache._database_identity
+
+    async def elsewhere(session: Any, organization_id: uuid.UUID) -> str | None:
+        return f"{await real(session, organization_id)}-recreated"
+
+    # The same URL and tenant id, but another database (dropped and created again): read again.
+    monkeypatch.setattr(history_cache, "_database_identity", elsewhere)
+    history_cache.clear()
+    assert run(client, _compare, client, tenant).refresh == "full"
+    run(client, history_cache.snapshots_written)
+    monkeypatch.setattr(history_cache, "_database_identity", real)
+    # Cut short (a full disk, a copy in progress): read again, and written whole again.
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    history_cache.clear()
+    assert run(client, _compare, client, tenant).refresh == "full"
+    run(client, history_cache.snapshots_written)
+    history_cache.clear()
+    loaded = run(client, _compare, client, tenant)
+    assert loaded.refresh == "snapshot" and loaded.version == first.version
+
+
+def test_snapshots_are_bounded_and_written_whole_by_racing_writers(
+    client: TestClient[Any], tenant: Tenant, other_tenant: Tenant, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(history_cache, "SNAPSHOT_DIR", str(tmp_path))
+    monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 1)
+    run(client, _load, client, tenant)
+    run(client, _load, client, other_tenant)
+    entry = run(client, _compare, client, tenant)
+    run(client, history_cache.snapshots_written)
+    [name] = _snapshots(tmp_path)
+    stale = tmp_path / ".tmp-history-killed.bin"  # a writer killed mid-write long ago
+    stale.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    monkeypatch.setattr(history_cache, "MAX_SNAPSHOTS", 1)
+    other = run(client, _compare, client, other_tenant)
+    run(client, history_cache.snapshots_written)
+    [kept] = _snapshots(tmp_path)  # the least recently used tenant's file and the stale one went
+    assert kept != name
+    # Two processes writing the same tenant's snapshot at once: each renames a whole file of its own.
+    path = str(tmp_path / kept)
+    identity = "the same database"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: history_cache._write_snapshot(str(tmp_path), path, identity, other), range(8)))
+    assert _snapshots(tmp_path) == [kept]
+    read = history_cache._read_snapshot(path, identity)
+    assert read is not None and read.version == other.version
+    _assert_same(read.history, other.history, "raced")
+    assert history_cache._read_snapshot(path, "another database") is None
+    assert entry.n_leads == 40
