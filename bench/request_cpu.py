@@ -157,8 +157,11 @@ async def _drive(op: Any, n: int, concurrency: int) -> int:
     async def worker() -> None:
         nonlocal bad
         for i in queue:
-            status, _ = await op(i)
-            bad += status >= 400
+            status, body = await op(i)
+            if status >= 400:
+                if not bad:
+                    print(f"first error: {status} {body[:300]!r}")
+                bad += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return bad

@@ -116,8 +116,11 @@ def create_engine(async_url: str, *, pool_size: int = 10, autocommit: bool = Fal
         return engine
     if async_url.endswith("?pool=null"):
         return create_async_engine(async_url.removesuffix("?pool=null"), poolclass=NullPool, **_isolation(autocommit))
+    # An autocommit connection has no transaction to roll back when it returns
+    # to the pool: the default reset would cost a round trip on every read.
+    reset = {"pool_reset_on_return": None} if autocommit else {}
     return create_async_engine(
-        async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, **_isolation(autocommit)
+        async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, **reset, **_isolation(autocommit)
     )
 
 
