@@ -47,6 +47,8 @@ class LeadFacts(msgspec.Struct, kw_only=True, frozen=True):
 
 def qualification_score(answers: dict[str, Any]) -> int | None:
     """0–100: the four criteria's sum over their maximum. ``None`` while any is unscored."""
+    if not answers:
+        return None
     scores = [answers.get(name) for name in QUALIFICATION_CRITERIA]
     numeric = [float(s) for s in scores if isinstance(s, int | float) and not isinstance(s, bool)]
     if len(numeric) < len(scores):

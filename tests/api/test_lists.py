@@ -80,3 +80,22 @@ def test_a_cursor_from_another_list_is_refused(client: TestClient[Any], tenant: 
         "/api/v1/leads", params={"limit": 1, "sort": "created_at", "cursor": cursor}, headers=tenant.rep_a.headers
     )
     assert wrong.status_code == 422 and wrong.json()["field"] == "cursor"
+
+
+def test_probability_follows_the_organizations_stage_probabilities(client: TestClient[Any], tenant: Tenant) -> None:
+    """A lead's probability comes from its stage in the tenant's configuration,
+    in a single read and in a page, before and after the admin changes it."""
+    lead = create_lead(client, tenant.rep_a, title="Probability check")
+    settings = client.get("/api/v1/organization/pipeline-settings", headers=tenant.admin.headers).json()
+
+    def shown() -> tuple[float, float]:
+        one = client.get(f"/api/v1/leads/{lead['id']}", headers=tenant.rep_a.headers).json()["probability"]
+        page = _walk(client, tenant.rep_a)
+        return one, next(item["probability"] for item in page if item["id"] == lead["id"])
+
+    before = settings["stage_probabilities"]["prospecting"]
+    assert shown() == (before, before)
+    changed = {**settings, "stage_probabilities": {**settings["stage_probabilities"], "prospecting": 0.37}}
+    reply = client.put("/api/v1/organization/pipeline-settings", json=changed, headers=tenant.admin.headers)
+    assert reply.status_code == 200, reply.text
+    assert shown() == (0.37, 0.37)

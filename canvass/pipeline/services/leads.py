@@ -410,13 +410,32 @@ async def stage_history(session: AsyncSession, actor: Actor, lead_id: uuid.UUID)
 
 def lead_probability(lead: Lead | Row[Any], config: PipelineConfig | None = None) -> float:
     """Probability used for weighted pipeline: the rep's override, else the stage's."""
-    if lead.status == LeadStatus.WON.value:
+    return _probability(lead.status, lead.probability_override, lead.stage, config)
+
+
+def _probability(status: str, override: float | None, stage: str, config: PipelineConfig | None) -> float:
+    if status == LeadStatus.WON.value:
         return 1.0
-    if lead.status != LeadStatus.OPEN.value:
+    if status != LeadStatus.OPEN.value:
         return 0.0
-    if lead.probability_override is not None:
-        return lead.probability_override
-    return (config or PipelineConfig()).probabilities()[Stage(lead.stage)]
+    if override is not None:
+        return override
+    return _stage_probabilities(config)[stage]
+
+
+_DEFAULT_CONFIG = PipelineConfig()
+_probabilities_of: tuple[PipelineConfig | None, dict[str, float]] = (None, {})
+
+
+def _stage_probabilities(config: PipelineConfig | None) -> dict[str, float]:
+    """The configuration's probability by stage name, worked out once per
+    configuration object (a tenant's cached configuration is one object until it
+    changes), not once per lead of a page."""
+    global _probabilities_of
+    config = config or _DEFAULT_CONFIG
+    if _probabilities_of[0] is not config:
+        _probabilities_of = (config, {stage.value: p for stage, p in config.probabilities().items()})
+    return _probabilities_of[1]
 
 
 _LEAD_STORED_FIELDS = tuple(f for f in LeadOut.__struct_fields__ if f not in ("probability", "qualification_score"))
@@ -433,12 +452,15 @@ def _lead_out_columns() -> tuple[Any, ...]:
 def to_lead_out(lead: Lead | Row[Any], config: PipelineConfig | None = None) -> LeadOut:
     """The response shape of a lead, with its derived probability and score."""
     if isinstance(lead, Row):
-        values = lead._asdict()  # one C-level copy beats forty attribute lookups
-        stored = {name: values[name] for name in _LEAD_STORED_FIELDS}
+        if lead._fields == _LEAD_STORED_FIELDS:  # a read of `_lead_out_columns()`: zip, no lookups
+            stored = dict(zip(_LEAD_STORED_FIELDS, lead, strict=True))
+        else:
+            values = lead._asdict()
+            stored = {name: values[name] for name in _LEAD_STORED_FIELDS}
     else:
         stored = {name: getattr(lead, name) for name in _LEAD_STORED_FIELDS}
     return LeadOut(
         **stored,
-        probability=lead_probability(lead, config),
+        probability=_probability(stored["status"], stored["probability_override"], stored["stage"], config),
         qualification_score=stages.qualification_score(stored["qualification"] or {}),
     )
