@@ -250,11 +250,13 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _pending(tables: tuple[Table, ...], organization_id: uuid.UUID) -> Any:
-    """Whether any of the tenant's rows are written but unpublished: one index
-    probe per feed table."""
+@cache
+def _pending() -> Any:
+    """Whether any of a tenant's rows are written but unpublished: one index
+    probe per feed table. Built once; the tenant is the ``org`` parameter."""
+    org = bindparam("org", type_=Uuid)
     return select(
-        or_(*(exists().where(t.c.organization_id == organization_id, t.c.server_version.is_(None)) for t in tables))
+        or_(*(exists().where(t.c.organization_id == org, t.c.server_version.is_(None)) for t in feed_tables()))
     )
 
 
@@ -268,7 +270,7 @@ def _publish_if_pending(connection: Connection, organization_id: uuid.UUID) -> N
         insert = postgresql.insert(SyncClock).values(organization_id=organization_id, version=0)
         connection.execute(insert.on_conflict_do_nothing())
         connection.execute(lock)
-    if connection.execute(_pending(tables, organization_id)).scalar():
+    if connection.execute(_pending(), {"org": organization_id}).scalar():
         _publish_tenant(connection, organization_id, [(t, _unpublished(t, organization_id)) for t in tables])
 
 
@@ -278,7 +280,7 @@ async def publish_pending(session: AsyncSession, organization_id: uuid.UUID) -> 
     long or never commit. One probe when nothing is pending."""
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite publishes inside the writing transaction
-    if not await session.scalar(_pending(feed_tables(), organization_id)):
+    if not await session.scalar(_pending(), {"org": organization_id}):
         return
     engine = session.bind
     if not isinstance(engine, AsyncEngine):  # a session bound to one connection: publish on it
@@ -297,7 +299,7 @@ class Publisher:
     (PostgreSQL), so devices and the forecast see them without waiting for a
     pull to do it. Runs for the life of the API process."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], interval: float = 0.1) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], interval: float = 0.5) -> None:
         self.sessionmaker = sessionmaker
         self.interval = interval
 
