@@ -3,7 +3,9 @@
 Against an already loaded scale tenant (``bench/forecast_scale.py --keep`` prints its URL), one
 server (``canvass serve --workers N``, default 1 so every request meets the same cache):
 
-1. the first (cold) admin forecast for the next quarter: the whole history is read;
+1. the first (cold) admin forecast for the next quarter: the whole history is read (the snapshot
+   directory starts empty: ``--snapshot-dir``, default a new temporary one), and the arrays are
+   written to a snapshot file;
 2. ``--repeats`` warm ones: the clock is read, the answer given on this version is given again;
    then 30/60/90 days on the same cached arrays (the maths runs);
 3. a median rep's forecast (own login): the tenant's arrays masked by owner;
@@ -12,7 +14,10 @@ server (``canvass serve --workers N``, default 1 so every request meets the same
    then a warm one again; ``--rounds`` times;
 5. ``--writes`` title edits (nothing a forecast reads), then a forecast: the written leads are
    re-read and found unchanged, the answer already given stands;
-6. the peak resident memory (VmHWM) of every server process.
+6. the peak resident memory (VmHWM) of every server process;
+7. ``--restarts`` times: the server is stopped and a new one started on the same snapshot
+   directory; its first forecast (cold: each worker loads the snapshot and splices the leads
+   written since — the writes above) and a second one.
 
     python bench/forecast_cache_bench.py --url postgresql://postgres@127.0.0.1:5432/canvass_scale_...
 
@@ -24,17 +29,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +101,29 @@ def _forecast(port: int, token: str, timeout: float, horizons: tuple[int, ...] =
     return elapsed, {"version": data.get("history_version"), "leads": data["leads_in_history"]}
 
 
-def run(url: str, workers: int, repeats: int, writes: int, rounds: int, timeout: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def _server(env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
+    """``canvass serve`` on a free port; (port, pid); always stopped."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "canvass.cli", "serve", "--port", str(port), "--workers", str(workers),
+         "--log-level", "warning"],
+        env=env, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until_up(port, timeout=60)
+        yield port, server.pid
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def run(
+    url: str, workers: int, repeats: int, writes: int, rounds: int, timeout: float, snapshot_dir: str, restarts: int
+) -> dict[str, Any]:
     conditions = machine()
     who, rep_leads, counts = asyncio.run(_existing(url))
     env = {
@@ -101,16 +131,17 @@ def run(url: str, workers: int, repeats: int, writes: int, rounds: int, timeout:
         "CANVASS_DATABASE_URL": url,
         "CANVASS_SECRET_KEY": "cache-" + uuid.uuid4().hex,
         "CANVASS_ACCESS_TOKEN_MINUTES": "240",
+        "CANVASS_HISTORY_SNAPSHOT_DIR": snapshot_dir,
     }
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "canvass.cli", "serve", "--port", str(port), "--workers", str(workers),
-         "--log-level", "warning"],
-        env=env, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
-    out: dict[str, Any] = {"machine": conditions, "url": url, "workers": workers, **counts}
-    try:
-        wait_until_up(port, timeout=60)
+    out: dict[str, Any] = {
+        "machine": conditions,
+        "url": url,
+        "workers": workers,
+        "snapshot_dir": snapshot_dir,
+        **counts,
+    }
+    out["snapshots_before"] = sorted(os.listdir(snapshot_dir)) if os.path.isdir(snapshot_dir) else []
+    with _server(env, workers) as (port, pid):
         base = f"http://127.0.0.1:{port}/api/v1"
         login = lambda email: http_json(f"{base}/auth/login", {"email": email, "password": PASSWORD})["access_token"]  # noqa: E731
         admin = login(ADMIN)
@@ -178,14 +209,28 @@ def run(url: str, workers: int, repeats: int, writes: int, rounds: int, timeout:
             "after_edits_s": round(after, 3),
             "after_edits": info_after,
         }
-        out["server_memory_mib"] = _memory(server.pid)
+        out["server_memory_mib"] = _memory(pid)
         out["load_1min_after"] = round(os.getloadavg()[0], 2)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+    out["snapshots_after_first_server"] = sorted(os.listdir(snapshot_dir)) if os.path.isdir(snapshot_dir) else []
+    out["restarts"] = []
+    for _ in range(restarts):
+        with _server(env, workers) as (port, pid):
+            admin = http_json(f"http://127.0.0.1:{port}/api/v1/auth/login", {"email": ADMIN, "password": PASSWORD})[
+                "access_token"
+            ]
+            load = round(os.getloadavg()[0], 2)
+            cold, info = _forecast(port, admin, timeout)
+            again, info_again = _forecast(port, admin, timeout)
+            out["restarts"].append(
+                {
+                    "load_1min_before": load,
+                    "cold_s": round(cold, 3),
+                    "cold": info,
+                    "again_s": round(again, 3),
+                    "again": info_again,
+                    "server_memory_mib": _memory(pid),
+                }
+            )
     return out
 
 
@@ -197,8 +242,14 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=100, help="stage moves per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--snapshot-dir", help="history snapshots (default: a new temporary directory, removed after)")
+    parser.add_argument("--restarts", type=int, default=2, help="new servers started on the snapshot directory")
     args = parser.parse_args()
-    report = run(args.url, args.workers, args.repeats, args.writes, args.rounds, args.timeout)
+    with contextlib.ExitStack() as stack:
+        directory = args.snapshot_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="canvass-history-"))
+        report = run(
+            args.url, args.workers, args.repeats, args.writes, args.rounds, args.timeout, directory, args.restarts
+        )
     text = json.dumps(report, indent=2, default=str)
     print(text)
     out = ROOT / "bench" / "results"

@@ -34,6 +34,7 @@ from canvass.api.deps import provide_actor, provide_db
 from canvass.api.problems import exception_handlers
 from canvass.api.security import build_jwt_auth
 from canvass.db import create_engine, session_factory
+from canvass.forecasting import history_cache
 from canvass.settings import Settings, get_settings
 from canvass.sync import feed  # publishes every write to the change feed
 
@@ -68,12 +69,15 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
         app.state.sessionmaker = session_factory(db_engine)
         app.state.read_sessionmaker = session_factory(read_engine)
         publisher = asyncio.create_task(feed.Publisher(app.state.sessionmaker).run(), name="canvass-feed-publisher")
+        # Large tenants' forecast history from their snapshots, before the first forecast asks.
+        warming = asyncio.create_task(history_cache.warm(app.state.read_sessionmaker), name="canvass-history-warm")
         try:
             yield
         finally:
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            for task in (warming, publisher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await read_engine.dispose()
             if own_engine:
                 await db_engine.dispose()

@@ -67,7 +67,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 from sqlalchemy import select, text, union
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from canvass.forecasting import queries
 from canvass.forecasting.history import LeadHistory
@@ -288,7 +288,7 @@ async def _save_snapshot(session: AsyncSession, key: tuple[str, uuid.UUID], entr
     if identity is None:
         return
     future = asyncio.get_running_loop().run_in_executor(
-        None, _write_snapshot, directory, _snapshot_path(directory, key), identity, entry
+        None, _write_snapshot, directory, key, _snapshot_path(directory, key), identity, entry
     )
     _writes.add(future)
     future.add_done_callback(_writes.discard)
@@ -299,7 +299,9 @@ async def snapshots_written() -> None:
     await asyncio.gather(*list(_writes))
 
 
-def _write_snapshot(directory: str, path: str, identity: str, entry: TenantHistory) -> None:
+def _write_snapshot(
+    directory: str, key: tuple[str, uuid.UUID], path: str, identity: str, entry: TenantHistory
+) -> None:
     arrays = {f"h_{name}": getattr(entry.history, name) for name in _HISTORY_FIELDS}
     arrays.update(ids=entry.ids, owner_code=entry.owner_code, owners=entry.owners)
     layout: list[tuple[str, str, list[int], int]] = []
@@ -308,7 +310,15 @@ def _write_snapshot(directory: str, path: str, identity: str, entry: TenantHisto
         layout.append((name, array.dtype.str, list(array.shape), offset))
         offset += _aligned(array.nbytes)
     header = json.dumps(
-        {"format": _SNAPSHOT_FORMAT, "version": entry.version, "raw": entry.raw, "identity": identity, "arrays": layout}
+        {
+            "format": _SNAPSHOT_FORMAT,
+            "database": key[0],
+            "organization": str(key[1]),
+            "version": entry.version,
+            "raw": entry.raw,
+            "identity": identity,
+            "arrays": layout,
+        }
     ).encode()
     base = _aligned(len(_SNAPSHOT_MAGIC) + 8 + len(header))
     try:
@@ -327,6 +337,45 @@ def _write_snapshot(directory: str, path: str, identity: str, entry: TenantHisto
         _prune(directory)
     except OSError as error:  # a full disk or a read-only directory costs the next cold start, no more
         log.warning("history snapshot %s not written: %s", path, error)
+
+
+async def warm(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Load the snapshots of this database's tenants (the most recently used first, at most
+    ``MAX_TENANTS``) and splice the writes since, before the first forecast asks: a process
+    started (``canvass serve``) then answers its first forecast with the maths alone. A request
+    arriving meanwhile waits for the same load (the tenant's lock), it does not start another."""
+    directory = _snapshot_dir()
+    if directory is None or not os.path.isdir(directory):
+        return
+    async with sessionmaker() as session:
+        database = session.get_bind().engine.url.render_as_string(hide_password=True)
+    headers = await anyio.to_thread.run_sync(_snapshot_headers, directory)
+    tenants = [h["organization"] for h in headers if h.get("database") == database and "organization" in h]
+    for organization in tenants[:MAX_TENANTS]:
+        try:
+            async with sessionmaker() as session, queries.analytic_settings(session):
+                await tenant_history(session, uuid.UUID(organization))
+        except Exception:  # the first forecast will try again and report what fails
+            log.warning("warming the history of tenant %s failed", organization, exc_info=True)
+
+
+def _snapshot_headers(directory: str) -> list[dict[str, Any]]:
+    """The headers of the snapshot files, the most recently used first."""
+    found = []
+    for item in os.scandir(directory):
+        if not (item.name.startswith("history-") and item.name.endswith(".bin")):
+            continue
+        try:
+            with open(item.path, "rb") as file:
+                start = file.read(len(_SNAPSHOT_MAGIC) + 8)
+                if start[: len(_SNAPSHOT_MAGIC)] != _SNAPSHOT_MAGIC:
+                    continue
+                header = json.loads(file.read(int.from_bytes(start[len(_SNAPSHOT_MAGIC) :], "little")))
+            found.append((item.stat().st_mtime, header))
+        except (OSError, ValueError):
+            continue
+    found.sort(key=lambda pair: -pair[0])
+    return [header for _, header in found]
 
 
 def _aligned(size: int) -> int:
@@ -430,7 +479,7 @@ def _uuid_keys(ids: list[uuid.UUID], raw: bool) -> np.ndarray:
 
 def _built(version: int, raw: bool, leads: queries._Columns, changes: queries._Columns) -> TenantHistory:
     history = queries._history_from_columns(leads, changes)
-    owners, first, code = np.unique(_keys(leads.data["owner"], raw), return_index=True, return_inverse=True)
+    owners, first, code = queries.unique_ids(_keys(leads.data["owner"], raw))
     order = np.argsort(first, kind="stable")  # codes in the order owners are first met
     rank = np.empty(order.size, np.int32)
     rank[order] = np.arange(order.size, dtype=np.int32)

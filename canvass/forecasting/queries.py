@@ -337,22 +337,45 @@ async def stuck_leads(
     session: AsyncSession, actor: Actor, cut: FunnelCut, entered_before: dict[str, dt.datetime], *, limit: int
 ) -> tuple[int, list[OpenLead]]:
     """Open leads that entered their current stage before that stage's threshold: how
-    many, and the ``limit`` longest stuck. One statement (the count is a window over all
-    of them, taken before the limit)."""
+    many, and the ``limit`` longest stuck.
+
+    The whole tenant (an admin, no cut): per stage from ``ix_leads_org_open_stage_entered``
+    (open leads by stage and entry time) — counts read from the index alone, and the first
+    ``limit`` of each stage in order, merged. Any narrower scope (a rep, a team, a cut) reads
+    its own leads through its own index in one statement: the count is a window over all of
+    them, taken before the limit."""
     if not entered_before:
         return 0, []
     in_cut = await _cut_condition(session, actor, cut)
-    rows = (
-        await session.execute(
-            select(
-                Lead.id, Lead.title, Lead.owner_id, Lead.stage, Lead.stage_entered_at, Lead.amount, func.count().over()
+    columns = (Lead.id, Lead.title, Lead.owner_id, Lead.stage, Lead.stage_entered_at, Lead.amount)
+    rows: Any
+    if actor.is_admin and cut == FunnelCut():
+        per_stage = [
+            and_(in_cut, Lead.status == LeadStatus.OPEN.value, Lead.stage == stage, Lead.stage_entered_at < before)
+            for stage, before in entered_before.items()
+        ]
+        counts = union_all(*(select(func.count().label("n")).where(c) for c in per_stage)).subquery()
+        total = int(await session.scalar(select(func.coalesce(func.sum(counts.c.n), 0))) or 0)
+        if not total:
+            return 0, []
+        firsts = [
+            select(*columns).where(c).order_by(Lead.stage_entered_at, Lead.id).limit(limit).subquery()
+            for c in per_stage
+        ]
+        merged = union_all(*(select(*first.c) for first in firsts)).subquery()
+        rows = (
+            await session.execute(select(*merged.c).order_by(merged.c.stage_entered_at, merged.c.id).limit(limit))
+        ).all()
+    else:
+        rows = (
+            await session.execute(
+                select(*columns, func.count().over())
+                .where(in_cut, _stuck(entered_before))
+                .order_by(Lead.stage_entered_at, Lead.id)
+                .limit(limit)
             )
-            .where(in_cut, _stuck(entered_before))
-            .order_by(Lead.stage_entered_at, Lead.id)
-            .limit(limit)
-        )
-    ).all()
-    total = int(rows[0][6]) if rows else 0
+        ).all()
+        total = int(rows[0][6]) if rows else 0
     return total, [
         OpenLead(id=r[0], title=r[1], owner_id=r[2], stage=r[3], stage_entered_at=r[4], amount=r[5]) for r in rows
     ]
@@ -715,7 +738,7 @@ def _history_from_columns(leads: _Columns, changes: _Columns) -> LeadHistory:
     ids = leads.data["id"]
     n = ids.size
     # Owners numbered in the order they first appear among the leads (sorted by id).
-    owner_keys, first, inverse = np.unique(_sortable(leads.data["owner"]), return_index=True, return_inverse=True)
+    owner_keys, first, inverse = unique_ids(leads.data["owner"])
     rank = np.empty(owner_keys.size, np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(owner_keys.size)
     owner = rank[inverse.reshape(-1)].astype(np.int32)
@@ -758,6 +781,24 @@ def _history_from_columns(leads: _Columns, changes: _Columns) -> LeadHistory:
         stage_day=day[kept],
         stage_to=stage_to[kept].astype(np.int8),
     )
+
+
+def unique_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(_sortable(keys), return_index=True, return_inverse=True)`` for an id column.
+    Raw 16-byte ids (PostgreSQL) whose first 8 bytes already tell the distinct ids apart (UUIDv7:
+    the time) are told apart by those bytes as one big-endian integer — the same order, and a
+    sort of integers instead of byte strings (1,000,000 owner ids: 0.58 -> 0.20 s); the result is
+    checked against the whole ids, and computed on them if any two share their first 8 bytes."""
+    keys = _sortable(keys)
+    if keys.dtype.itemsize == 16 and keys.dtype.kind == "S" and keys.size:
+        high = np.ascontiguousarray(keys).view(">u8")[0::2].astype(np.uint64)
+        _, first, inverse = np.unique(high, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        distinct = keys[first]
+        if np.array_equal(distinct[inverse], keys):
+            return distinct, first, inverse
+    distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return distinct, first, inverse.reshape(-1)
 
 
 def _sortable(keys: np.ndarray) -> np.ndarray:

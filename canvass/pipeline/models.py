@@ -32,6 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     null,
+    text,
 )
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
@@ -318,6 +319,16 @@ class Lead(TenantMixin, FieldVersioned, Versioned, Base):
         Index("ix_leads_org_updated", "organization_id", "updated_at", "id"),
         Index("ix_leads_org_account", "organization_id", "account_id"),
         Index("ix_leads_org_stage_status", "organization_id", "stage", "status"),
+        # The funnel's stuck leads: open leads of a stage by when they entered it (migration 0005).
+        Index(
+            "ix_leads_org_open_stage_entered",
+            "organization_id",
+            "stage",
+            "stage_entered_at",
+            "id",
+            postgresql_where=text("status = 'open' AND deleted_at IS NULL"),
+            sqlite_where=text("status = 'open' AND deleted_at IS NULL"),
+        ),
         UniqueConstraint("organization_id", "external_ref"),
     )
 

@@ -450,11 +450,34 @@ def test_snapshots_are_bounded_and_written_whole_by_racing_writers(
     # Two processes writing the same tenant's snapshot at once: each renames a whole file of its own.
     path = str(tmp_path / kept)
     identity = "the same database"
+    key = ("the database", other_tenant.organization_id)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda _: history_cache._write_snapshot(str(tmp_path), path, identity, other), range(8)))
+        list(pool.map(lambda _: history_cache._write_snapshot(str(tmp_path), key, path, identity, other), range(8)))
     assert _snapshots(tmp_path) == [kept]
     read = history_cache._read_snapshot(path, identity)
     assert read is not None and read.version == other.version
     _assert_same(read.history, other.history, "raced")
     assert history_cache._read_snapshot(path, "another database") is None
     assert entry.n_leads == 40
+
+
+def test_a_starting_process_warms_the_tenants_of_its_database_from_their_snapshots(
+    client: TestClient[Any], tenant: Tenant, other_tenant: Tenant, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(history_cache, "SNAPSHOT_DIR", str(tmp_path))
+    monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 1)
+    monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+    run(client, _load, client, tenant)
+    first = run(client, _compare, client, tenant)
+    run(client, history_cache.snapshots_written)
+    (tmp_path / "history-of-another-database.bin").write_bytes(b"not a snapshot")
+    run(client, _random_writes, client, tenant, random.Random(5), 4)
+    built: list[bool] = []
+    real = history_cache._built
+    monkeypatch.setattr(history_cache, "_built", lambda *args: built.append(True) or real(*args))
+    history_cache.clear()
+    run(client, history_cache.warm, client.app.state.read_sessionmaker)
+    [(_, organization)] = list(history_cache._cache.entries)  # this tenant only: no snapshot of the other
+    assert organization == tenant.organization_id and built == []
+    entry = run(client, _compare, client, tenant)  # the warmed entry is current: the same arrays as a read
+    assert entry.refresh.startswith(("patch:", "unchanged:")) and entry.version > first.version and built == []
