@@ -119,8 +119,11 @@ def create_engine(async_url: str, *, pool_size: int = 10, autocommit: bool = Fal
     # An autocommit connection has no transaction to roll back when it returns
     # to the pool: the default reset would cost a round trip on every read.
     reset = {"pool_reset_on_return": None} if autocommit else {}
+    # A little overflow for bursts: each API process has two pools, and
+    # PostgreSQL's connection limit (100 by default) is shared by all of them.
+    overflow = max(2, pool_size // 4)
     return create_async_engine(
-        async_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, **reset, **_isolation(autocommit)
+        async_url, pool_size=pool_size, max_overflow=overflow, pool_pre_ping=False, **reset, **_isolation(autocommit)
     )
 
 
@@ -137,5 +140,12 @@ def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+# session.info: the engine to publish the change feed on (canvass/sync/feed.py)
+# when the session's own is the read pool, so that a read never waits for a
+# second connection from the pool it holds one of.
+PUBLISH_ENGINE = "canvass.publish_engine"
+
+
+def session_factory(engine: AsyncEngine, *, publish_on: AsyncEngine | None = None) -> async_sessionmaker[AsyncSession]:
+    info = {PUBLISH_ENGINE: publish_on} if publish_on is not None else None
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)

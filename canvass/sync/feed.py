@@ -42,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from canvass.db import WRITTEN, Base
+from canvass.db import PUBLISH_ENGINE, WRITTEN, Base
 from canvass.pipeline.models import (
     Account,
     Activity,
@@ -282,7 +282,7 @@ async def publish_pending(session: AsyncSession, organization_id: uuid.UUID) -> 
         return  # SQLite publishes inside the writing transaction
     if not await session.scalar(_pending(), {"org": organization_id}):
         return
-    engine = session.bind
+    engine = session.info.get(PUBLISH_ENGINE) or session.bind
     if not isinstance(engine, AsyncEngine):  # a session bound to one connection: publish on it
         await session.run_sync(lambda s: _publish_if_pending(s.connection(), organization_id))
         return

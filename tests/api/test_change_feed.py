@@ -129,3 +129,34 @@ def test_an_uncommitted_write_is_not_skipped_by_a_pull_in_between(client: TestCl
     device.cursor = cursor_during
     records, _ = device.pull_all()
     assert records[("lead", lead["id"])]["next_step"] == "late"
+
+
+def test_a_pull_on_the_read_pool_publishes_on_the_write_pool(
+    client: TestClient[Any], tenant: Tenant, database_url: str
+) -> None:
+    """A pull holds a connection of the read pool; publishing what is pending
+    must not wait for a second one from that pool (under load every pull would
+    wait on every other). One read connection, no overflow: the pull still works."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from canvass.db import session_factory
+    from canvass.settings import to_async_url
+
+    device = RawDevice(client, tenant.rep_a)
+    device.pull_all()
+    lead = create_lead(client, tenant.rep_a, title="Fresh")  # on PostgreSQL: committed, not yet published
+
+    async def pull_with_one_read_connection() -> set[str]:
+        options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 3}
+        if database_url.startswith("sqlite"):
+            options = {}
+        read = create_async_engine(to_async_url(database_url), isolation_level="AUTOCOMMIT", **options)
+        try:
+            write = client.app.state.sessionmaker.kw["bind"]
+            async with session_factory(read, publish_on=write)() as reader:
+                page = await pull(reader, _actor(tenant), device.device_id, device.cursor, 100)
+            return {str(change.id) for change in page.changes}
+        finally:
+            await read.dispose()
+
+    assert lead["id"] in run(client, pull_with_one_read_connection)
