@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from canvass.forecasting.queries import FunnelCut, Period
+from canvass.forecasting.queries import FunnelCut, Period, stuck_leads
 from canvass.forecasting.reports import funnel_report
 from canvass.pipeline.scope import Actor
 from canvass.pipeline.vocabulary import Stage
@@ -176,3 +176,23 @@ def test_funnel_outcomes_open_pipeline_and_stuck_leads(
     assert mine.open_pipeline == 10 and mine.disqualified == 1
     # Today nobody is stuck: every stage was entered less than its threshold ago.
     assert run(client, _funnel_as_of, client.app.state.sessionmaker, tenant.admin, tenant, t0, t0).stuck_total == 0
+    # The list is the longest stuck first, across stages, and the count is taken before the limit:
+    # the whole tenant (read per stage from the open-leads index) and an owner cut (one statement).
+    thresholds = {"prospecting": now - DAY, "qualify": now - 2 * DAY}
+    assert [s.title for s in report.stuck] == ["never moved", "team B"]
+    whole = run(client, _stuck_leads, client.app.state.sessionmaker, tenant, FunnelCut(), thresholds)
+    assert whole == (2, ["never moved"])
+    rep_b = run(
+        client, _stuck_leads, client.app.state.sessionmaker, tenant, FunnelCut(owner_id=tenant.rep_b.id), thresholds
+    )
+    assert rep_b == (1, ["team B"])
+
+
+async def _stuck_leads(
+    sessionmaker: Any, tenant: Tenant, cut: FunnelCut, thresholds: dict[str, dt.datetime]
+) -> tuple[int, list[str]]:
+    admin = tenant.admin
+    actor = Actor(organization_id=tenant.organization_id, user_id=admin.id, role=admin.role)
+    async with sessionmaker() as session:
+        total, stuck = await stuck_leads(session, actor, cut, thresholds, limit=1)
+    return total, [s.title for s in stuck]
