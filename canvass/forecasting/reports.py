@@ -12,6 +12,7 @@ import anyio.to_thread
 import msgspec
 from sqlalchemy import and_, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.pool import QueuePool
 
 from canvass.db import utcnow
 from canvass.forecasting import funnel, history_cache, queries, rollup
@@ -42,9 +43,9 @@ async def funnel_report(
     """Three statements over the leads of the cut: the days in stage, then the stuck leads
     (the days' p90 sets the thresholds); and one pass for the flow, the outcomes and the open
     pipeline. On PostgreSQL that pass runs at the same time on a second connection of the
-    session's engine (each statement reads committed rows at its own snapshot, as every read
-    here does at READ COMMITTED; rows the session wrote and has not committed are not seen
-    by the second connection)."""
+    session's engine when its pool has one to spare (each statement reads committed rows at
+    its own snapshot, as every read here does at READ COMMITTED; rows the session wrote and
+    has not committed are not seen by the second connection)."""
     now = now or utcnow()
 
     async def days_and_stuck(s: AsyncSession) -> tuple[queries.StageDurations, int, list[queries.OpenLead]]:
@@ -60,7 +61,7 @@ async def funnel_report(
             return await queries.lead_pass(s, actor, cut, period)
 
     engine = session.bind
-    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql":
+    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql" and _spare_connection(engine):
         results: dict[str, Any] = {}
 
         async def into(key: str, work: Callable[[AsyncSession], Awaitable[Any]], s: AsyncSession) -> None:
@@ -85,6 +86,17 @@ async def funnel_report(
         stuck=stuck,
         now=now,
     )
+
+
+def _spare_connection(engine: AsyncEngine) -> bool:
+    """Whether the engine's pool hands out one more connection without waiting. A report that
+    holds one connection does not wait for a second (requests doing so could hold every
+    connection of the pool and wait for each other): without a spare one it runs in turn."""
+    pool = engine.sync_engine.pool
+    if not isinstance(pool, QueuePool):
+        return True  # no limit (NullPool: a new connection each time)
+    most = pool._max_overflow
+    return pool.checkedin() > 0 or most < 0 or pool.overflow() < most
 
 
 async def forecast_rollup(

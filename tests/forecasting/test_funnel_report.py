@@ -7,11 +7,15 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+from canvass.db import create_engine
 from canvass.forecasting.queries import FunnelCut, Period, stuck_leads
 from canvass.forecasting.reports import funnel_report
 from canvass.pipeline.scope import Actor
 from canvass.pipeline.vocabulary import Stage
+from canvass.settings import Settings
 from tests.conftest import Person, Tenant, create_account, create_contact, create_lead, run
 
 DAY = dt.timedelta(days=1)
@@ -196,3 +200,29 @@ async def _stuck_leads(
     async with sessionmaker() as session:
         total, stuck = await stuck_leads(session, actor, cut, thresholds, limit=1)
     return total, [s.title for s in stuck]
+
+
+def test_funnel_with_no_spare_connection_runs_in_turn(
+    client: TestClient[Any], tenant: Tenant, history: dt.datetime, settings: Settings
+) -> None:
+    """A report holding the only connection of its pool does not wait for a second one."""
+
+    async def report() -> Any:
+        url = settings.async_database_url
+        engine = (
+            create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=3)
+            if url.startswith("postgresql")
+            else create_engine(url, pool_size=1)
+        )
+        try:
+            admin = tenant.admin
+            actor = Actor(organization_id=tenant.organization_id, user_id=admin.id, role=admin.role)
+            async with AsyncSession(engine) as session:
+                await session.execute(select(1))  # the session holds the pool's connection
+                return await funnel_report(session, actor, FunnelCut(), Period(history - DAY, history + 30 * DAY))
+        finally:
+            await engine.dispose()
+
+    result = run(client, report)
+    assert (result.won, result.lost, result.open_pipeline) == (1, 1, 2)
+    assert result.stages[0].entered == 4
