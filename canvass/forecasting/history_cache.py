@@ -73,7 +73,6 @@ from canvass.forecasting import queries
 from canvass.forecasting.history import LeadHistory
 from canvass.pipeline.models import Lead, Organization, StageChange, User
 from canvass.pipeline.scope import Actor, visible_owner
-from canvass.pipeline.vocabulary import Role
 from canvass.settings import get_settings
 from canvass.sync import feed
 from canvass.sync.models import SyncClock
@@ -356,28 +355,8 @@ async def warm(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         try:
             async with sessionmaker() as session, queries.analytic_settings(session):
                 await tenant_history(session, uuid.UUID(organization))
-            if WARM_HORIZONS:
-                await _answer_default_question(sessionmaker, uuid.UUID(organization))
         except Exception:  # the first forecast will try again and report what fails
             log.warning("warming the history of tenant %s failed", organization, exc_info=True)
-
-
-WARM_HORIZONS: tuple[int, ...] = (30, 60, 90)  # the forecast API's default question; () to skip
-
-
-async def _answer_default_question(sessionmaker: async_sessionmaker[AsyncSession], organization_id: uuid.UUID) -> None:
-    """The tenant-wide forecast for the API's default horizons as of today, computed once here so
-    that an admin's first default request is answered from the entry (every admin has the same
-    scope); any other question still runs the maths on the loaded arrays."""
-    from canvass.forecasting import reports  # reports imports this module
-
-    async with sessionmaker() as session:
-        admin = await session.scalar(
-            select(User.id).where(User.organization_id == organization_id, User.role == Role.ADMIN).limit(1)
-        )
-        if admin is not None:
-            actor = Actor(organization_id=organization_id, user_id=admin, role=Role.ADMIN)
-            await reports.revenue_forecast(session, actor, list(WARM_HORIZONS))
 
 
 def _snapshot_headers(directory: str) -> list[dict[str, Any]]:

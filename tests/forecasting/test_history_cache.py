@@ -24,7 +24,6 @@ from sqlalchemy import select
 
 from canvass.errors import CanvassError
 from canvass.forecasting import history_cache
-from canvass.forecasting import reports as reports_module
 from canvass.forecasting.history import LeadHistory
 from canvass.forecasting.queries import lead_history
 from canvass.forecasting.reports import _all_methods, _weighted_config, backtest, revenue_forecast
@@ -482,15 +481,3 @@ def test_a_starting_process_warms_the_tenants_of_its_database_from_their_snapsho
     assert organization == tenant.organization_id and built == []
     entry = run(client, _compare, client, tenant)  # the warmed entry is current: the same arrays as a read
     assert entry.refresh.startswith(("patch:", "unchanged:")) and entry.version > first.version and built == []
-    # The API's default question was answered during the warm-up: an admin's first one is not computed.
-    [key] = entry.results[None]
-    assert key[:3] == ("revenue", dt.datetime.now(dt.UTC).date(), (30, 60, 90))
-    computed: list[bool] = []
-    real_methods = reports_module._all_methods
-    monkeypatch.setattr(reports_module, "_all_methods", lambda *a: computed.append(True) or real_methods(*a))
-
-    async def default_forecast() -> Any:
-        async with client.app.state.sessionmaker() as session:
-            return await revenue_forecast(session, _actor(tenant, "admin"), [30, 60, 90])
-
-    assert run(client, default_forecast).history_version == entry.version and computed == []
