@@ -38,7 +38,11 @@ async def provide_db(state: State, request: Request[Any, Any, Any]) -> AsyncIter
             raise
 
 
-def provide_actor(request: Request[Actor, Any, Any]) -> Actor:
+def provide_actor(request: Request[Actor, Any, Any], db: AsyncSession) -> Actor:
+    # ``db`` is not used: asking for it orders the two dependencies. Litestar
+    # resolves independent dependencies concurrently, in a task group of their
+    # own, which cost ~7 % of a GET's CPU; every handler with an actor also has
+    # a session (opened lazily: no connection until a query).
     return request.user
 
 

@@ -242,11 +242,10 @@ async def delete_lead(session: AsyncSession, actor: Actor, lead_id: uuid.UUID, *
     await session.flush()
 
 
-@functools.cache
-def _facts_statement() -> Select[Any]:
-    """What the stage rules count, and the organization's configuration, in one
-    statement built once (only the tenant and the lead vary, as parameters)."""
-    org, lead_id = bindparam("org", type_=Uuid), bindparam("lead_id", type_=Uuid)
+def _fact_columns(org: Any, lead_id: Any) -> tuple[Any, ...]:
+    """What the stage rules count for a lead, and its organization's
+    configuration, as four scalar subqueries (``org`` and ``lead_id`` are
+    parameters or the lead's own columns)."""
     completed_visits = (
         select(func.count())
         .where(
@@ -260,27 +259,48 @@ def _facts_statement() -> Select[Any]:
     raised = select(func.count()).where(Objection.organization_id == org, Objection.lead_id == lead_id)
     still_open = raised.where(Objection.status == "open")
     settings = select(Organization.settings).where(Organization.id == org).scalar_subquery()
-    return select(completed_visits, raised.scalar_subquery(), still_open.scalar_subquery(), settings)
+    return completed_visits, raised.scalar_subquery(), still_open.scalar_subquery(), settings
 
 
-async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFacts, PipelineConfig]:
-    """Gather what the stage rules need — the lead's activity and objection
-    counts and the organization's current configuration — in one round trip."""
-    params = {"org": lead.organization_id, "lead_id": lead.id}
-    row = (await session.execute(_facts_statement(), params)).one()
+@functools.cache
+def _facts_statement() -> Select[Any]:
+    """The facts of a lead already in hand, built once (the tenant and the lead
+    vary, as parameters)."""
+    return select(*_fact_columns(bindparam("org", type_=Uuid), bindparam("lead_id", type_=Uuid)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _locked_lead_with_facts(actor: Actor) -> Select[Any]:
+    """The lead in the actor's scope, locked, with its facts: one round trip for
+    a REST stage move or outcome. Built once per caller."""
+    return (
+        select(Lead, *_fact_columns(Lead.organization_id, Lead.id))
+        .where(Lead.id == bindparam("lead_id"), lead_scope(actor))
+        .with_for_update(of=Lead)
+    )
+
+
+def _facts(lead: Lead, counts: Sequence[Any]) -> tuple[stages.LeadFacts, PipelineConfig]:
     facts = stages.LeadFacts(
         stage=Stage(lead.stage),
         status=LeadStatus(lead.status),
         has_account=lead.account_id is not None,
         has_primary_contact=lead.primary_contact_id is not None,
         qualification=lead.qualification or {},
-        completed_visits=row[0],
+        completed_visits=counts[0],
         quoted_amount=lead.amount,
-        objections_raised=row[1],
-        open_objections=row[2],
+        objections_raised=counts[1],
+        open_objections=counts[2],
         lost_at_stage=Stage(lead.lost_at_stage) if lead.lost_at_stage else None,
     )
-    return facts, decode_config(row[3])
+    return facts, decode_config(counts[3])
+
+
+async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFacts, PipelineConfig]:
+    """Gather what the stage rules need — the lead's activity and objection
+    counts and the organization's current configuration — in one round trip."""
+    params = {"org": lead.organization_id, "lead_id": lead.id}
+    return _facts(lead, (await session.execute(_facts_statement(), params)).one())
 
 
 async def _lead_for_rules(
@@ -289,7 +309,15 @@ async def _lead_for_rules(
     """The lead locked for a pipeline change (``locked``: the caller already
     read it in scope and locked it), checked against If-Match, with what the
     stage rules need to judge it."""
-    lead = locked if locked is not None else await get_lead(session, actor, lead_id, for_update=True)
+    lead = locked or preloaded(session, actor, Lead, lead_id)
+    if lead is None:
+        row = (await session.execute(_locked_lead_with_facts(actor), {"lead_id": lead_id})).first()
+        if row is None:
+            raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
+        lead = row[0]
+        check_version(lead.version, if_match)
+        facts, config = _facts(lead, row[1:])
+        return lead, facts, config
     check_version(lead.version, if_match)
     facts, config = await lead_facts(session, lead)
     return lead, facts, config
