@@ -15,10 +15,11 @@ import datetime as dt
 import heapq
 import uuid
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Table, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Table, Uuid, and_, bindparam, exists, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
@@ -32,7 +33,7 @@ from canvass.pipeline.services.organizations import cached_pipeline_config
 from canvass.sync import feed
 from canvass.sync.conflicts import conflict_out
 from canvass.sync.devices import own_device
-from canvass.sync.models import SyncClock, SyncConflict, SyncDeparture
+from canvass.sync.models import Device, SyncClock, SyncConflict, SyncDeparture
 from canvass.sync.wire import Change, Entity, PullResponse, Removal, RemovalReason
 
 PULL_STAMP_EVERY = dt.timedelta(seconds=60)
@@ -145,6 +146,49 @@ def _after(kind: _Kind, cursor: Position) -> ColumnElement[bool]:
     return or_(sv > cursor.version, and_(sv == cursor.version, row_id > cursor.id))
 
 
+def _heads_columns(org: Any) -> list[Any]:
+    """The tenant's clock and, per kind, its highest published version: index
+    probes (the last entry of each ``(organization_id, server_version, id)``
+    index). A kind whose head is behind the cursor has nothing to send, so its
+    (scoped) query is skipped: a pull queries only the kinds that changed."""
+    clock = select(SyncClock.version).where(SyncClock.organization_id == org).scalar_subquery()
+    heads = [
+        select(func.max(kind.table.c.server_version)).where(kind.table.c.organization_id == org).scalar_subquery()
+        for kind in KINDS
+    ]
+    return [clock, *heads]
+
+
+@cache
+def _heads() -> Any:
+    """The heads alone (after publishing). Built once; the tenant is ``org``."""
+    return select(*_heads_columns(bindparam("org", type_=Uuid)))
+
+
+@cache
+def _start(dialect: str) -> Any:
+    """A pull's first statement: the device, whether anything of the tenant
+    waits to be published (PostgreSQL; what ``feed.publish_pending`` probes)
+    and the heads. Built once per dialect; parameters ``org`` and ``device``."""
+    org = bindparam("org", type_=Uuid)
+    if dialect == "postgresql":
+        waiting = or_(
+            *(exists().where(t.c.organization_id == org, t.c.server_version.is_(None)) for t in feed.feed_tables())
+        )
+    else:  # SQLite publishes inside the writing transaction: nothing committed waits
+        waiting = false()
+    return select(Device, waiting.label("waiting"), *_heads_columns(org)).where(
+        Device.organization_id == org, Device.device_id == bindparam("device")
+    )
+
+
+def _behind(kind: _Kind, head: int | None, cursor: Position) -> bool:
+    """Whether no row of this kind can come after the cursor."""
+    if head is None:
+        return True
+    return head < cursor.version if kind.rank >= cursor.rank else head <= cursor.version
+
+
 async def _still_visible(session: AsyncSession, actor: Actor, entity: str, record_id: uuid.UUID) -> bool:
     if entity == Entity.LEAD:
         predicate = and_(Lead.id == record_id, Lead.deleted_at.is_(None), visible_owner(actor, Lead.owner_id))
@@ -158,19 +202,31 @@ async def _still_visible(session: AsyncSession, actor: Actor, entity: str, recor
 
 
 async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str, limit: int) -> PullResponse:
-    device = await own_device(session, actor, device_id)
+    # One statement: the device (as ``own_device`` checks it), whether a publish
+    # is due, and which kinds have anything past the cursor.
+    org = actor.organization_id
+    dialect = session.get_bind().dialect.name
+    first = (await session.execute(_start(dialect), {"org": org, "device": device_id})).first()
+    if first is None or first[0].user_id != actor.user_id:
+        await own_device(session, actor, device_id)  # raises: not registered, or another user's
+        return await pull(session, actor, device_id, cursor, limit)  # registered meanwhile
+    device, waiting, clock, *heads = first
     start = Position.decode(cursor)
-    # What is committed but not yet published gets a version now, so the pull
-    # sees every write committed before it started. Everything up to the clock's
-    # committed value is committed (the clock row is locked until the rows it
-    # stamps commit), so nothing below it can appear later.
-    await feed.publish_pending(session, actor.organization_id)
-    upto = await session.scalar(select(SyncClock.version).where(SyncClock.organization_id == actor.organization_id))
-    upto = max(upto or 0, start.version)
-    config = await cached_pipeline_config(session, actor.organization_id)
+    if waiting:
+        # What is committed but not yet published gets a version now, so the
+        # pull sees every write committed before it started. Everything up to
+        # the clock's committed value is committed (the clock row is locked
+        # until the rows it stamps commit), so nothing below it can appear later.
+        await feed.publish_pending(session, org)
+        connection = await session.connection()
+        clock, *heads = (await connection.execute(_heads(), {"org": org})).one()
+    upto = max(clock or 0, start.version)
+    config = await cached_pipeline_config(session, org)
     connection = await session.connection()
     candidates: list[tuple[Position, _Kind, Any]] = []
-    for kind in KINDS:
+    for kind, head in zip(KINDS, heads, strict=True):
+        if _behind(kind, head, start):
+            continue
         table = kind.table
         stmt = (
             select(table)
