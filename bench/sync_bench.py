@@ -908,8 +908,8 @@ def main() -> None:
     parser.add_argument(
         "--pool-size",
         type=int,
-        default=10,
-        help="the server's CANVASS_DB_POOL_SIZE (per pool; each worker has two, each with as many overflow)",
+        default=16,
+        help="the server's CANVASS_DB_POOL_SIZE (per pool; each worker has two, each with a quarter as overflow)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database (to EXPLAIN it)")
     parser.add_argument(
