@@ -26,7 +26,7 @@ from canvass.db import utcnow
 from canvass.errors import InvalidValue
 from canvass.pipeline.config import PipelineConfig
 from canvass.pipeline.models import Account, Activity, Contact, Lead, Objection, StageChange
-from canvass.pipeline.schemas import AccountOut, ActivityOut, ContactOut, ObjectionOut, StageChangeOut
+from canvass.pipeline.schemas import AccountOut, ActivityOut, ContactOut, LeadOut, ObjectionOut, StageChangeOut
 from canvass.pipeline.scope import Actor, activity_scope, visible_owner
 from canvass.pipeline.services.leads import to_lead_out
 from canvass.pipeline.services.organizations import cached_pipeline_config
@@ -62,6 +62,17 @@ class _Kind(msgspec.Struct, frozen=True):
     table: Table
     scope: Callable[[Actor], ColumnElement[bool]]
     out: Callable[[Any, PipelineConfig], Any] | None  # None: rows are removals
+    # What the page query selects: the response's fields and the feed position,
+    # not the sync bookkeeping (a lead's per-field versions are a JSON document,
+    # its stage summary 16 timestamps, decoded per row and thrown away).
+    columns: tuple[Any, ...] = ()
+
+
+def _columns(table: Table, struct: type[msgspec.Struct] | None) -> tuple[Any, ...]:
+    if struct is None:
+        return tuple(table.c)
+    wanted = {*struct.__struct_fields__, "id", "server_version", "deleted_at"}
+    return tuple(c for c in table.c if c.name in wanted)
 
 
 def _convert(struct: type[msgspec.Struct]) -> Callable[[Any, PipelineConfig], Any]:
@@ -110,6 +121,19 @@ KINDS: tuple[_Kind, ...] = (
         lambda a: visible_owner(a, SyncDeparture.from_owner_id),
         None,
     ),
+)
+
+
+_OUT: dict[str, type[msgspec.Struct]] = {
+    "accounts": AccountOut,
+    "contacts": ContactOut,
+    "leads": LeadOut,
+    "stage_changes": StageChangeOut,
+    "activities": ActivityOut,
+    "objections": ObjectionOut,
+}
+KINDS = tuple(
+    msgspec.structs.replace(kind, columns=_columns(kind.table, _OUT.get(kind.table.name))) for kind in KINDS
 )
 
 
@@ -229,7 +253,7 @@ async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str,
             continue
         table = kind.table
         stmt = (
-            select(table)
+            select(*kind.columns)
             .where(
                 table.c.organization_id == actor.organization_id,
                 table.c.server_version <= upto,
