@@ -35,7 +35,8 @@ from typing import Any
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="measured runs of each pull (after one warm-up)")
-    parser.add_argument("--pyinstrument", type=Path, default=None, help="HTML profile of the 'own' pulls")
+    parser.add_argument("--pyinstrument", type=Path, default=None, help="profile of the last run's pull (.txt: text)")
+    parser.add_argument("--profile", default="own", choices=("empty", "own", "page100", "boot"), help="which pull")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="the code to run")
     parser.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
     parser.add_argument("--statements", action="store_true", help="print the statements of the last pulls")
@@ -87,7 +88,6 @@ async def main(url: str) -> None:
     event.listen(tenant.engine.sync_engine, "after_cursor_execute", _done)
     factory = session_factory(tenant.engine)
     results: dict[str, list[tuple[float, float, int, int]]] = defaultdict(list)
-    profiler = None
     try:
         ((user_id, _email),) = await tenant.add_reps("pull", 1)
         await tenant.load(tenant.rows(user_id, PUSH_LEADS, open_only=True))
@@ -96,8 +96,13 @@ async def main(url: str) -> None:
         async with factory() as session, session.begin():
             await register_device(session, actor, DeviceRegistration(device_id=device.id))
 
-        async def timed(label: str, cursor: str, limit: int) -> Any:
-            nonlocal profiler
+        async def timed(label: str, cursor: str, limit: int, last: bool = False) -> Any:
+            profiler = None
+            if ARGS.pyinstrument is not None and last and label == ARGS.profile:
+                from pyinstrument import Profiler
+
+                profiler = Profiler(async_mode="enabled", interval=0.0002)
+                profiler.start()
             COUNT[0] = 0
             TEXTS.clear()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -105,6 +110,12 @@ async def main(url: str) -> None:
                 response = await pull(session, actor, device.id, cursor, limit)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             results[label].append((wall, cpu, COUNT[0], len(response.changes) + len(response.removals)))
+            if profiler is not None:
+                profiler.stop()
+                if ARGS.pyinstrument.suffix == ".txt":
+                    ARGS.pyinstrument.write_text(profiler.output_text(show_all=False))
+                else:
+                    profiler.write_html(str(ARGS.pyinstrument))
             return response
 
         cursor = "0"
@@ -123,29 +134,18 @@ async def main(url: str) -> None:
             await connection.exec_driver_sql("ANALYZE")
             await connection.commit()
         for run in range(ARGS.runs + 1):
-            await timed("empty", cursor, 500)
+            await timed("empty", cursor, 500, run == ARGS.runs)
             now = _now_ms()
             batch = device.mutations(50, now - 3_600_000, now - 60_000)
             body = msgspec.json.encode({"device_id": device.id, "mutations": batch, "oldest_pending_age_s": 60})
             async with factory() as session, session.begin():
                 await sync_push.push(session, actor, msgspec.json.decode(body, type=PushRequest))
             before = cursor
-            if ARGS.pyinstrument is not None and run == ARGS.runs:
-                from pyinstrument import Profiler
-
-                profiler = Profiler(async_mode="enabled", interval=0.0002)
-                profiler.start()
-            page = await timed("own", cursor, 500)
-            if profiler is not None:
-                profiler.stop()
-                if ARGS.pyinstrument.suffix == ".txt":
-                    ARGS.pyinstrument.write_text(profiler.output_text(show_all=False))
-                else:
-                    profiler.write_html(str(ARGS.pyinstrument))
-                profiler = None
+            last = run == ARGS.runs
+            page = await timed("own", cursor, 500, last)
             cursor = page.cursor
-            await timed("page100", before, 100)
-            await timed("boot", "0", 500)
+            await timed("page100", before, 100, last)
+            await timed("boot", "0", 500, last)
             if run == 0:
                 for values in results.values():
                     values.clear()

@@ -66,6 +66,7 @@ class _Kind(msgspec.Struct, frozen=True):
     # not the sync bookkeeping (a lead's per-field versions are a JSON document,
     # its stage summary 16 timestamps, decoded per row and thrown away).
     columns: tuple[Any, ...] = ()
+    deletable: bool = False  # rows have a ``deleted_at`` (tombstones)
 
 
 def _columns(table: Table, struct: type[msgspec.Struct] | None) -> tuple[Any, ...]:
@@ -133,7 +134,10 @@ _OUT: dict[str, type[msgspec.Struct]] = {
     "objections": ObjectionOut,
 }
 KINDS = tuple(
-    msgspec.structs.replace(kind, columns=_columns(kind.table, _OUT.get(kind.table.name))) for kind in KINDS
+    msgspec.structs.replace(
+        kind, columns=_columns(kind.table, _OUT.get(kind.table.name)), deletable="deleted_at" in kind.table.c
+    )
+    for kind in KINDS
 )
 
 
@@ -281,7 +285,7 @@ async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str,
                         reason=RemovalReason.OUT_OF_SCOPE,
                     )
                 )
-        elif getattr(row, "deleted_at", None) is not None:
+        elif kind.deletable and row.deleted_at is not None:
             removals.append(
                 Removal(entity=kind.entity, id=row.id, server_version=position.version, reason=RemovalReason.DELETED)
             )
