@@ -274,13 +274,14 @@ def _publish_if_pending(connection: Connection, organization_id: uuid.UUID) -> N
         _publish_tenant(connection, organization_id, [(t, _unpublished(t, organization_id)) for t in tables])
 
 
-async def publish_pending(session: AsyncSession, organization_id: uuid.UUID) -> None:
+async def publish_pending(session: AsyncSession, organization_id: uuid.UUID, *, probed: bool = False) -> None:
     """Publish what the tenant's committed writes left unpublished (PostgreSQL),
     in a short transaction of its own — never the caller's, which may run for
-    long or never commit. One probe when nothing is pending."""
+    long or never commit. One probe when nothing is pending (``probed``: the
+    caller has just found something pending; it is checked again under the lock)."""
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite publishes inside the writing transaction
-    if not await session.scalar(_pending(), {"org": organization_id}):
+    if not probed and not await session.scalar(_pending(), {"org": organization_id}):
         return
     engine = session.info.get(PUBLISH_ENGINE) or session.bind
     if not isinstance(engine, AsyncEngine):  # a session bound to one connection: publish on it

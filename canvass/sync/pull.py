@@ -245,7 +245,7 @@ async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str,
         # pull sees every write committed before it started. Everything up to
         # the clock's committed value is committed (the clock row is locked
         # until the rows it stamps commit), so nothing below it can appear later.
-        await feed.publish_pending(session, org)
+        await feed.publish_pending(session, org, probed=True)
         connection = await session.connection()
         clock, *heads = (await connection.execute(_heads(), {"org": org})).one()
     upto = max(clock or 0, start.version)
