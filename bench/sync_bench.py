@@ -517,11 +517,22 @@ async def bench_push(tenant: Tenant, client: httpx.AsyncClient, runs: int, refus
 
 
 async def bench_concurrency(
-    tenant: Tenant, client: httpx.AsyncClient, reps: list[str], duration: float
+    tenant: Tenant, client: httpx.AsyncClient, reps: list[str], duration: float, warm_up: float = 0.0
 ) -> dict[str, Any]:
-    """Two devices per rep: push 50-100 mutations, pull to the end, again, for `duration` s."""
+    """Two devices per rep: push 50-100 mutations, pull to the end, again, for `duration` s
+    (after `warm_up` s of the same, not counted)."""
     devices = [await new_device(client, email, 2000 + i * 2 + j) for i, email in enumerate(reps) for j in range(2)]
     await asyncio.gather(*(d.pull_all() for d in devices))  # bootstrap (not timed)
+    if warm_up > 0:
+        until = time.perf_counter() + warm_up
+
+        async def warm(device: Device) -> None:
+            while time.perf_counter() < until:
+                now = _now_ms()
+                await device.push(device.mutations(device.rng.randint(50, 100), now - 600_000, now), pending_age_s=600)
+                await device.pull_all()
+
+        await asyncio.gather(*(warm(d) for d in devices))
     statuses: Counter[str] = Counter()
     rules: Counter[str] = Counter()
     errors: Counter[str] = Counter()
@@ -745,7 +756,7 @@ async def measure(args: argparse.Namespace, db: str, url: str, env: dict[str, st
                     print(f"  push with {args.refused} refused {figures['push_1000_refused']}", flush=True)
                 with profiled(args.profile, server.pid, f"{db}-{size}-concurrency"):
                     figures["concurrency"] = await bench_concurrency(
-                        tenant, client, [email for _, email in load_reps], args.duration
+                        tenant, client, [email for _, email in load_reps], args.duration, args.warm_up
                     )
                 print(f"  concurrency {figures['concurrency']}", flush=True)
                 figures["leads_after"] = await tenant.lead_count()
@@ -895,6 +906,9 @@ def main() -> None:
     parser.add_argument("--leads-small", type=int, default=10_000)
     parser.add_argument("--leads-large", type=int, default=1_000_000)
     parser.add_argument("--duration", type=float, default=25.0, help="seconds of the 50-device run (≥ 20)")
+    parser.add_argument(
+        "--warm-up", type=float, default=0.0, help="seconds of the 50-device run before the timed one (not counted)"
+    )
     parser.add_argument("--push-runs", type=int, default=3)
     parser.add_argument("--pull-repetitions", type=int, default=20)
     parser.add_argument("--bootstrap-runs", type=int, default=3)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import QueuePool
 
 from canvass.db import utcnow
+from canvass.errors import NotFound
 from canvass.forecasting import funnel, history_cache, queries, rollup
 from canvass.forecasting.backtest import BacktestReport, run_backtest
 from canvass.forecasting.baselines import Forecast, WeightedPipelineConfig, naive_last_h, weighted_pipeline
@@ -23,8 +24,9 @@ from canvass.forecasting.learned import learned_many
 from canvass.ids import new_id
 from canvass.pipeline.config import PipelineConfig
 from canvass.pipeline.models import ForecastSnapshot, Team, User
-from canvass.pipeline.scope import Actor, visible_owner
+from canvass.pipeline.scope import Actor, may_assign_to, visible_owner
 from canvass.pipeline.services import quotas
+from canvass.pipeline.services.common import team_path_of
 from canvass.pipeline.services.organizations import pipeline_config
 from canvass.pipeline.vocabulary import Role
 
@@ -309,6 +311,18 @@ async def forecast_accuracy(session: AsyncSession, actor: Actor, *, today: dt.da
             )
         )
     return ForecastAccuracy(summaries=summaries, snapshots=scored)
+
+
+async def person_scope(session: AsyncSession, caller: Actor, user_id: uuid.UUID | None) -> Actor:
+    """Whose leads a forecast covers: the caller's own scope, or that of one person
+    the caller sees (a manager: anyone in the subtree; an admin: anyone) — a rep's
+    own leads, a manager's whole subtree. Anyone else looks the same as missing."""
+    if user_id is None or user_id == caller.user_id:
+        return caller
+    found = await team_path_of(session, caller.organization_id, user_id)
+    if found is None or not may_assign_to(caller, user_id, found[1]):
+        raise NotFound(f"No person {user_id} in your scope.", resource="user", id=str(user_id))
+    return await _actor_for(session, caller, user_id)
 
 
 async def _actor_for(session: AsyncSession, caller: Actor, user_id: uuid.UUID | None) -> Actor:

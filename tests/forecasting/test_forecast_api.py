@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 from litestar.testing import TestClient
@@ -79,3 +80,27 @@ def test_snapshots_are_scored_once_their_window_closes(client: TestClient[Any], 
     summary = {s["method"]: s for s in accuracy["summaries"]}
     assert summary["naive_last_h"]["bias"] == -1.0  # it forecast nothing: the window before held no wins
     assert client.get("/api/v1/forecast-snapshots/accuracy", headers=tenant.rep_b.headers).json()["snapshots"] == []
+
+
+def test_a_person_s_forecast_for_those_who_see_them(client: TestClient[Any], tenant: Tenant) -> None:
+    """`user_id` forecasts one person's leads (a rep's own; a manager's subtree):
+    for their manager and an admin, not for another team's manager or another rep."""
+    admin = Actor(organization_id=tenant.organization_id, user_id=tenant.admin.id, role=Role.ADMIN)
+    run(client, _won_deals, client.app.state.sessionmaker, admin, tenant.rep_a1.id, [5, 12], 1000.0)
+    run(client, _won_deals, client.app.state.sessionmaker, admin, tenant.rep_b.id, [7], 500.0)
+
+    def leads(who: Any, user_id: uuid.UUID) -> int | None:
+        reply = client.get("/api/v1/forecasts/revenue", params={"user_id": str(user_id)}, headers=who.headers)
+        if reply.status_code == 404:
+            return None
+        assert reply.status_code == 200, reply.text
+        count: int = reply.json()["leads_in_history"]
+        return count
+
+    assert leads(tenant.manager_a, tenant.rep_a1.id) == 2  # in manager A's subtree (team A1)
+    assert leads(tenant.admin, tenant.rep_b.id) == 1
+    assert leads(tenant.admin, tenant.manager_a.id) == 2  # a manager's forecast covers their subtree
+    assert leads(tenant.rep_a1, tenant.rep_a1.id) == 2  # oneself
+    assert leads(tenant.manager_b, tenant.rep_a1.id) is None  # another team's rep
+    assert leads(tenant.rep_a, tenant.rep_a1.id) is None  # another rep
+    assert leads(tenant.admin, uuid.uuid4()) is None  # nobody

@@ -23,6 +23,7 @@ from canvass.forecasting.reports import (
     backtest,
     forecast_accuracy,
     forecast_rollup,
+    person_scope,
     revenue_forecast,
     take_snapshot,
 )
@@ -99,12 +100,16 @@ class ForecastController(Controller):
         )
 
     @get("/forecasts/revenue", operation_id="getRevenueForecast", responses=PROBLEM_RESPONSES)
-    async def revenue(self, db: Db, actor: CurrentActor, horizons: Horizons | None = None) -> RevenueForecast:
+    async def revenue(
+        self, db: Db, actor: CurrentActor, horizons: Horizons | None = None, user_id: uuid.UUID | None = None
+    ) -> RevenueForecast:
         """Won revenue and deals expected in the next h days over the leads you
-        see, by every method: the model learned from your own history (P10/P50/P90
-        from simulation, flagged and widened on a cold start), the weighted
-        pipeline, and the last h days repeated."""
-        return await revenue_forecast(db, actor, horizons or [30, 60, 90])
+        see — or, with `user_id`, over those of one person you see (a rep's own
+        leads, a manager's team subtree) — by every method: the model learned
+        from your own history (P10/P50/P90 from simulation, flagged and widened
+        on a cold start), the weighted pipeline, and the last h days repeated."""
+        scope = await person_scope(db, actor, user_id)
+        return await revenue_forecast(db, scope, horizons or [30, 60, 90])
 
     @post(
         "/forecast-snapshots",
