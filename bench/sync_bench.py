@@ -210,6 +210,7 @@ class Tenant:
             async with session_factory(self.engine)() as session, session.begin():
                 report = await imports.import_leads(session, self.boot, rows[i : i + IMPORT_BATCH])
                 assert not report.rejected, report.rejected[:3]
+            await self.publish()  # batch by batch: one publication of a million rows would take minutes
 
     async def fill(self, total: int, boot_rep: uuid.UUID, boot_target: int, large: int) -> None:
         """Import bulk leads (and the bootstrap rep's share, in proportion) up to `total`."""
