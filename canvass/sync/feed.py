@@ -260,38 +260,46 @@ def _pending() -> Any:
     )
 
 
-def _publish_if_pending(connection: Connection, organization_id: uuid.UUID) -> None:
+def _publish_if_pending(connection: Connection, organization_id: uuid.UUID, wait: bool = True) -> None:
     """Under the tenant's clock lock, publish what is still pending. Checking
     again under the lock means that of two publishers that raced, the second
-    finds the work done and writes nothing (no empty version, no WAL flush)."""
+    finds the work done and writes nothing (no empty version, no WAL flush).
+    ``wait=False``: if another publication holds the lock, leave it to that one
+    and the next (a pull must not queue behind every other pull)."""
     tables = feed_tables()
-    lock = select(SyncClock.version).where(SyncClock.organization_id == organization_id).with_for_update()
-    if connection.execute(lock).first() is None:
+    clock = select(SyncClock.version).where(SyncClock.organization_id == organization_id)
+    if connection.execute(clock.with_for_update(skip_locked=not wait)).first() is None:
+        if not wait and connection.execute(clock).first() is not None:
+            return  # being published right now
         insert = postgresql.insert(SyncClock).values(organization_id=organization_id, version=0)
         connection.execute(insert.on_conflict_do_nothing())
-        connection.execute(lock)
+        connection.execute(clock.with_for_update())
     if connection.execute(_pending(), {"org": organization_id}).scalar():
         _publish_tenant(connection, organization_id, [(t, _unpublished(t, organization_id)) for t in tables])
 
 
-async def publish_pending(session: AsyncSession, organization_id: uuid.UUID, *, probed: bool = False) -> None:
+async def publish_pending(
+    session: AsyncSession, organization_id: uuid.UUID, *, probed: bool = False, wait: bool = True
+) -> None:
     """Publish what the tenant's committed writes left unpublished (PostgreSQL),
     in a short transaction of its own — never the caller's, which may run for
     long or never commit. One probe when nothing is pending (``probed``: the
-    caller has just found something pending; it is checked again under the lock)."""
+    caller has just found something pending; it is checked again under the lock).
+    ``wait=False``: not if another publication is under way (see
+    ``_publish_if_pending``)."""
     if session.get_bind().dialect.name != "postgresql":
         return  # SQLite publishes inside the writing transaction
     if not probed and not await session.scalar(_pending(), {"org": organization_id}):
         return
     engine = session.info.get(PUBLISH_ENGINE) or session.bind
     if not isinstance(engine, AsyncEngine):  # a session bound to one connection: publish on it
-        await session.run_sync(lambda s: _publish_if_pending(s.connection(), organization_id))
+        await session.run_sync(lambda s: _publish_if_pending(s.connection(), organization_id, wait))
         return
     async with engine.connect() as connection:
         # A transaction even on the read pool's autocommit connections: the
         # clock lock must be held from the check to the commit.
         await connection.execution_options(isolation_level="READ COMMITTED")
-        await connection.run_sync(_publish_if_pending, organization_id)
+        await connection.run_sync(_publish_if_pending, organization_id, wait)
         await connection.commit()
 
 

@@ -242,10 +242,14 @@ async def pull(session: AsyncSession, actor: Actor, device_id: str, cursor: str,
     start = Position.decode(cursor)
     if waiting:
         # What is committed but not yet published gets a version now, so the
-        # pull sees every write committed before it started. Everything up to
-        # the clock's committed value is committed (the clock row is locked
-        # until the rows it stamps commit), so nothing below it can appear later.
-        await feed.publish_pending(session, org, probed=True)
+        # pull sees the writes committed before it started — unless another
+        # publication is under way: a pull does not queue behind it (under load
+        # every pull would wait for every other); that one, the push that wrote
+        # (a push publishes its own writes) or the process's publisher publishes
+        # them by the next pull. Everything up to the clock's committed value is
+        # committed (the clock row is locked until the rows it stamps commit),
+        # so nothing below it can appear later.
+        await feed.publish_pending(session, org, probed=True, wait=False)
         connection = await session.connection()
         clock, *heads = (await connection.execute(_heads(), {"org": org})).one()
     upto = max(clock or 0, start.version)

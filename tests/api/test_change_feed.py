@@ -3,6 +3,7 @@ cursor never skips a change (PROTOCOL.md, "Change feed")."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -160,3 +161,38 @@ def test_a_pull_on_the_read_pool_publishes_on_the_write_pool(
             await read.dispose()
 
     assert lead["id"] in run(client, pull_with_one_read_connection)
+
+
+def test_a_pull_does_not_queue_behind_a_publication_under_way(
+    client: TestClient[Any], tenant: Tenant, database_url: str
+) -> None:
+    """While another publication holds the tenant's clock, a pull answers at once
+    (what is pending comes with a later pull), and nothing is skipped."""
+    from sqlalchemy import text
+
+    from canvass.pipeline.schemas import LeadCreate
+
+    device = RawDevice(client, tenant.rep_a)
+    create_lead(client, tenant.rep_a, title="Published first")  # the tenant's clock row exists from here
+    device.pull_all()
+
+    async def pull_while_the_clock_is_held() -> tuple[str, float]:
+        write = client.app.state.sessionmaker.kw["bind"]
+        async with write.connect() as holder:
+            if database_url.startswith("postgresql"):
+                lock = "SELECT version FROM sync_clocks WHERE organization_id = :org FOR UPDATE"
+                await holder.execute(text(lock), {"org": tenant.organization_id})
+            async with client.app.state.sessionmaker() as writer:  # committed, not published (PostgreSQL)
+                lead = await leads.create_lead(writer, _actor(tenant), LeadCreate(title="Behind a publication"))
+                await writer.commit()
+            started = time.monotonic()
+            async with client.app.state.read_sessionmaker() as reader:
+                await asyncio.wait_for(pull(reader, _actor(tenant), device.device_id, device.cursor, 100), timeout=10)
+            took = time.monotonic() - started
+            await holder.rollback()
+        return str(lead.id), took
+
+    lead_id, took = run(client, pull_while_the_clock_is_held)
+    assert took < 5  # did not wait for the held clock
+    records, _ = device.pull_all()  # the clock is free again: published now, not skipped
+    assert ("lead", lead_id) in records

@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from canvass.api.deps import CurrentActor, Cursor, Db, Limit, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
-from canvass.sync import conflicts, devices, pull, push
+from canvass.sync import conflicts, devices, feed, pull, push
 from canvass.sync.conflicts import ConflictOut, ConflictPage, Resolution
 from canvass.sync.devices import DeviceOut
 from canvass.sync.merge import ConflictStatus
@@ -77,7 +77,12 @@ class SyncController(Controller):
     async def push(self, db: Db, actor: CurrentActor, data: JSONBody[PushRequest]) -> PushResponse:
         """Apply the device's queued mutations exactly once, in seq order; one
         receipt per mutation. A repeated push is answered from stored receipts."""
-        return await push.push(db, actor, data)
+        response = await push.push(db, actor, data)
+        # Commit, then publish what the push wrote before answering, so that
+        # the device's next pull finds its own changes published.
+        await db.commit()
+        await feed.publish_pending(db, actor.organization_id, probed=True)
+        return response
 
     @get("/pull", operation_id="pullChanges", responses=PROBLEM_RESPONSES)
     async def pull(
