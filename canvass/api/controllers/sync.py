@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from litestar import Controller, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from sqlalchemy.exc import SQLAlchemyError
 
 from canvass.api.deps import CurrentActor, Cursor, Db, Limit, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
@@ -24,6 +26,8 @@ from canvass.sync.wire import (
     PushRequest,
     PushResponse,
 )
+
+log = logging.getLogger(__name__)
 
 # A full outbox (1,000 mutations) with notes and visit reports fits in 5 MiB.
 MAX_PUSH_BYTES = 5 * 1024 * 1024
@@ -79,9 +83,14 @@ class SyncController(Controller):
         receipt per mutation. A repeated push is answered from stored receipts."""
         response = await push.push(db, actor, data)
         # Commit, then publish what the push wrote before answering, so that
-        # the device's next pull finds its own changes published.
+        # the device's next pull finds its own changes published. The push is
+        # applied once committed: if publishing fails, the process's publisher
+        # or a later pull publishes it, and the receipts still go back.
         await db.commit()
-        await feed.publish_pending(db, actor.organization_id, probed=True)
+        try:
+            await feed.publish_pending(db, actor.organization_id, probed=True)
+        except SQLAlchemyError:
+            log.warning("publishing after a push failed; left to the publisher", exc_info=True)
         return response
 
     @get("/pull", operation_id="pullChanges", responses=PROBLEM_RESPONSES)
