@@ -196,3 +196,20 @@ def test_a_pull_does_not_queue_behind_a_publication_under_way(
     assert took < 5  # did not wait for the held clock
     records, _ = device.pull_all()  # the clock is free again: published now, not skipped
     assert ("lead", lead_id) in records
+
+
+def test_a_push_answers_once_its_writes_are_published(client: TestClient[Any], tenant: Tenant) -> None:
+    """The device's next pull must find its own changes: a push answers after
+    what it wrote has a version (PostgreSQL: by the process's publisher, woken
+    for it; SQLite: inside the writing transaction)."""
+    device = RawDevice(client, tenant.rep_a)
+    lead = create_lead(client, tenant.rep_a, title="Pushed to")
+    device.pull_all()
+    update = device.mutation("lead.update", {"id": lead["id"], "fields": {"next_step": "Call back"}})
+    assert device.push(update)["receipts"][0]["status"] == "applied"
+
+    async def version() -> int | None:
+        async with client.app.state.read_sessionmaker() as s:
+            return await s.scalar(select(Lead.server_version).where(Lead.id == uuid.UUID(lead["id"])))
+
+    assert run(client, version) is not None

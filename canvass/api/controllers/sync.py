@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
+from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
-from sqlalchemy.exc import SQLAlchemyError
 
 from canvass.api.deps import CurrentActor, Cursor, Db, Limit, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
-from canvass.sync import conflicts, devices, feed, pull, push
+from canvass.sync import conflicts, devices, pull, push
 from canvass.sync.conflicts import ConflictOut, ConflictPage, Resolution
 from canvass.sync.devices import DeviceOut
 from canvass.sync.merge import ConflictStatus
@@ -26,8 +25,6 @@ from canvass.sync.wire import (
     PushRequest,
     PushResponse,
 )
-
-log = logging.getLogger(__name__)
 
 # A full outbox (1,000 mutations) with notes and visit reports fits in 5 MiB.
 MAX_PUSH_BYTES = 5 * 1024 * 1024
@@ -78,19 +75,17 @@ class SyncController(Controller):
         status_code=HTTP_200_OK,
         request_max_body_size=MAX_PUSH_BYTES,
     )
-    async def push(self, db: Db, actor: CurrentActor, data: JSONBody[PushRequest]) -> PushResponse:
+    async def push(self, db: Db, actor: CurrentActor, data: JSONBody[PushRequest], state: State) -> PushResponse:
         """Apply the device's queued mutations exactly once, in seq order; one
         receipt per mutation. A repeated push is answered from stored receipts."""
         response = await push.push(db, actor, data)
-        # Commit, then publish what the push wrote before answering, so that
-        # the device's next pull finds its own changes published. The push is
-        # applied once committed: if publishing fails, the process's publisher
-        # or a later pull publishes it, and the receipts still go back.
+        # Commit, then wait for the process's publisher to publish what the push
+        # wrote (one round for every push committed meanwhile), so that the
+        # device's next pull finds its own changes. The push is applied once
+        # committed: if publishing fails or is slow, a later round or pull
+        # publishes it, and the receipts still go back.
         await db.commit()
-        try:
-            await feed.publish_pending(db, actor.organization_id, probed=True)
-        except SQLAlchemyError:
-            log.warning("publishing after a push failed; left to the publisher", exc_info=True)
+        await state.publisher.published(actor.organization_id)
         return response
 
     @get("/pull", operation_id="pullChanges", responses=PROBLEM_RESPONSES)
