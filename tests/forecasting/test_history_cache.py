@@ -34,6 +34,7 @@ from canvass.pipeline.services import leads as lead_service
 from canvass.pipeline.services.imports import import_leads
 from canvass.pipeline.services.organizations import pipeline_config
 from canvass.pipeline.vocabulary import Outcome, Stage
+from canvass.sync import feed
 from tests.conftest import Tenant, run
 from tests.forecasting.test_forecast_scale_paths import _rows
 
@@ -255,6 +256,12 @@ def test_concurrent_requests_for_one_tenant_read_once(
     assert reads == [False]  # one full read, the other three waited for it
     monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
     run(client, _random_writes, client, tenant, random.Random(9), 3)
+
+    async def published() -> None:  # the writes have their versions before the four ask
+        async with client.app.state.sessionmaker() as session:
+            await feed.publish_pending(session, tenant.organization_id)
+
+    run(client, published)
     run(client, four)
     assert reads == [False, True]  # one splice
 
