@@ -26,7 +26,6 @@ from canvass.pipeline.config import PipelineConfig
 from canvass.pipeline.models import ForecastSnapshot, Team, User
 from canvass.pipeline.scope import Actor, may_assign_to, visible_owner
 from canvass.pipeline.services import quotas
-from canvass.pipeline.services.common import team_path_of
 from canvass.pipeline.services.organizations import pipeline_config
 from canvass.pipeline.vocabulary import Role
 
@@ -319,25 +318,32 @@ async def person_scope(session: AsyncSession, caller: Actor, user_id: uuid.UUID 
     own leads, a manager's whole subtree. Anyone else looks the same as missing."""
     if user_id is None or user_id == caller.user_id:
         return caller
-    found = await team_path_of(session, caller.organization_id, user_id)
-    if found is None or not may_assign_to(caller, user_id, found[1]):
+    person = await _person(session, caller.organization_id, user_id)
+    if person is None or not may_assign_to(caller, user_id, person.team_path):
         raise NotFound(f"No person {user_id} in your scope.", resource="user", id=str(user_id))
-    return await _actor_for(session, caller, user_id)
+    return person
+
+
+async def _person(session: AsyncSession, organization_id: uuid.UUID, user_id: uuid.UUID) -> Actor | None:
+    """A user of the tenant as an acting scope (role and team path), or None."""
+    row = (
+        await session.execute(
+            select(User.role, Team.path)
+            .outerjoin(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
+            .where(User.organization_id == organization_id, User.id == user_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    return Actor(organization_id=organization_id, user_id=user_id, role=Role(row[0]), team_path=row[1])
 
 
 async def _actor_for(session: AsyncSession, caller: Actor, user_id: uuid.UUID | None) -> Actor:
     """The scope a snapshot was taken for: a person's, or the whole tenant's."""
     if user_id is None:
         return Actor(organization_id=caller.organization_id, user_id=caller.user_id, role=Role.ADMIN)
-    row = (
-        await session.execute(
-            select(User.role, Team.path)
-            .outerjoin(Team, and_(Team.organization_id == User.organization_id, Team.id == User.team_id))
-            .where(User.organization_id == caller.organization_id, User.id == user_id)
-        )
-    ).first()
-    role, path = (Role(row[0]), row[1]) if row else (Role.REP, None)
-    return Actor(organization_id=caller.organization_id, user_id=user_id, role=role, team_path=path)
+    person = await _person(session, caller.organization_id, user_id)
+    return person or Actor(organization_id=caller.organization_id, user_id=user_id, role=Role.REP)
 
 
 async def backtest(
