@@ -72,10 +72,15 @@ HLC_OF = "canvass.sync.hlc_of"
 _REASSIGNED = "canvass.sync.reassigned"
 _COMMITTING = "canvass.sync.committing"  # session.info: tenants whose writes this commit leaves unpublished
 
-# Tenants this process has written and not yet published (PostgreSQL). The
-# Publisher drains it; losing it (a crash) loses nothing, since any pull
-# publishes what is pending first.
-PENDING: set[uuid.UUID] = set()
+# Tenants this process has written and not yet published (PostgreSQL), by
+# database (a process may hold engines on several: the tests do). Each
+# database's Publisher drains its own set; losing it (a crash) loses nothing,
+# since any pull publishes what is pending first.
+PENDING: dict[str, set[uuid.UUID]] = {}
+
+
+def _pending_tenants(database: str) -> set[uuid.UUID]:
+    return PENDING.setdefault(database, set())
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +322,7 @@ class Publisher:
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], interval: float = 0.5) -> None:
         self.sessionmaker = sessionmaker
+        self.database = str(sessionmaker.kw["bind"].url)
         self.interval = interval
         self._wake = asyncio.Event()
         self._next_round: dict[uuid.UUID, asyncio.Future[None]] = {}
@@ -336,14 +342,15 @@ class Publisher:
         done = self._next_round.get(organization_id)
         if done is None:
             done = self._next_round[organization_id] = asyncio.get_running_loop().create_future()
-        PENDING.add(organization_id)
+        _pending_tenants(self.database).add(organization_id)
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), timeout)
 
     async def publish_now(self) -> None:
-        tenants = sorted(PENDING)
-        PENDING.difference_update(tenants)
+        waiting = _pending_tenants(self.database)
+        tenants = sorted(waiting)
+        waiting.difference_update(tenants)
         rounds = {org: self._next_round.pop(org) for org in tenants if org in self._next_round}
         for organization_id in tenants:
             try:
@@ -352,7 +359,7 @@ class Publisher:
             except SQLAlchemyError:
                 # Nothing is lost: the rows stay unpublished until the next try or pull.
                 log.warning("publishing tenant %s failed; will retry", organization_id, exc_info=True)
-                PENDING.add(organization_id)
+                waiting.add(organization_id)
             finally:
                 done = rounds.get(organization_id)
                 if done is not None and not done.done():
@@ -393,14 +400,15 @@ def _publish(session: Session) -> None:
                 _stamp(table, organization_id, None, condition), execution_options={"synchronize_session": False}
             )
     if not eager:
-        session.info[_COMMITTING] = set(written)
+        session.info[_COMMITTING] = (str(session.get_bind().engine.url), set(written))
 
 
 @event.listens_for(Session, "after_commit")
 def _hand_to_publisher(session: Session) -> None:
-    tenants = session.info.pop(_COMMITTING, None)
-    if tenants:
-        PENDING.update(tenants)
+    committing = session.info.pop(_COMMITTING, None)
+    if committing:
+        database, tenants = committing
+        _pending_tenants(database).update(tenants)
 
 
 @event.listens_for(Session, "after_transaction_end")
