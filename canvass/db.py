@@ -8,12 +8,16 @@ and PostgreSQL (production, Citus-ready: every tenant table is keyed by
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import msgspec
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
 
 # Deterministic constraint names: Alembic can then alter them on both databases.
@@ -146,6 +151,102 @@ def _json_text(value: Any) -> str:
 PUBLISH_ENGINE = "canvass.publish_engine"
 
 
-def session_factory(engine: AsyncEngine, *, publish_on: AsyncEngine | None = None) -> async_sessionmaker[AsyncSession]:
-    info = {PUBLISH_ENGINE: publish_on} if publish_on is not None else None
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
+# session.info: the autocommit PostgreSQL engine whose driver connections
+# `read_rows` may use directly (set on the API's read sessions only).
+DRIVER_READS = "canvass.driver_reads"
+
+
+def session_factory(
+    engine: AsyncEngine, *, publish_on: AsyncEngine | None = None, driver_reads: bool = False
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on ``engine``. ``driver_reads``: the engine is an autocommit read
+    pool whose connections `read_rows` may use directly (PostgreSQL only)."""
+    info: dict[str, Any] = {}
+    if publish_on is not None:
+        info[PUBLISH_ENGINE] = publish_on
+    if driver_reads and engine.dialect.name == "postgresql":
+        info[DRIVER_READS] = engine
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info or None)
+
+
+async def read_rows(
+    session: AsyncSession, statement: Select[Any], params: Mapping[str, Any] | None = None
+) -> Sequence[Sequence[Any]]:
+    """The rows of a SELECT built once (values as named bind parameters), for a
+    read that must be cheap: one lead, a page of leads.
+
+    On the API's PostgreSQL read sessions (autocommit: each statement is its own
+    snapshot anyway) the statement runs straight on the driver's connection from
+    the same pool, compiled once, and each value goes through the same result
+    conversion SQLAlchemy would apply. Measured on a GET of one lead: ~0.1 ms of
+    CPU instead of ~0.55 ms through a session, and that difference was most of
+    the request. Everywhere else (SQLite, a session inside a write transaction,
+    whose uncommitted rows another connection would not see) it is an ordinary
+    execute on the session's connection."""
+    engine = session.info.get(DRIVER_READS)
+    if engine is None:
+        return (await (await session.connection()).execute(statement, params)).all()
+    prepared = _driver_statement(statement, engine.dialect)
+    args = prepared.arguments(params or {})
+    pooled = await engine.raw_connection()
+    try:
+        driver = pooled.driver_connection
+        if prepared.converters is None:
+            prepared.converters = await prepared.result_converters(driver, engine.dialect)
+        records = await driver.fetch(prepared.sql, *args)
+    except asyncpg.PostgresError as exc:
+        # The server's answer (the connection is fine): the error type a session
+        # would raise, which the problem handlers read.
+        raise DBAPIError(prepared.sql, args, exc) from exc
+    except BaseException as exc:
+        # Cancelled or cut off mid-statement: the connection's state is unknown,
+        # so it is closed rather than handed to the next request.
+        pooled.invalidate(exc if isinstance(exc, Exception) else None)
+        raise
+    finally:
+        pooled.close()
+    converters = prepared.converters
+    if not any(converters):
+        return [tuple(record) for record in records]
+    return [
+        tuple(value if convert is None else convert(value) for value, convert in zip(record, converters, strict=True))
+        for record in records
+    ]
+
+
+class _DriverStatement:
+    """A SELECT compiled for the driver: its SQL text, the order of its
+    positional parameters, and (after the first run, from the driver's own
+    description of the result) one value converter per column."""
+
+    __slots__ = ("binds", "converters", "fixed", "order", "sql", "types")
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
+        # The values the statement itself carries (the tenant, the caller...).
+        self.fixed = {name: bind.effective_value for name, bind in compiled.binds.items()}
+        # SQLAlchemy's own conversion of parameter values for this driver (most need none).
+        self.binds: list[Any] = [compiled._bind_processors.get(name) for name in self.order]
+        self.types = [column.type for column in statement.selected_columns]
+        self.converters: list[Any] | None = None
+
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        values = [params[name] if name in params else self.fixed[name] for name in self.order]
+        return [v if bind is None or v is None else bind(v) for v, bind in zip(values, self.binds, strict=True)]
+
+    async def result_converters(self, driver: Any, dialect: Dialect) -> list[Any]:
+        described = (await driver.prepare(self.sql)).get_attributes()
+        return [
+            # SQLAlchemy's own conversion of this column type for this driver.
+            type_._cached_result_processor(dialect, column.type.oid)
+            for type_, column in zip(self.types, described, strict=True)
+        ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _driver_statement(statement: Select[Any], dialect: Dialect) -> _DriverStatement:
+    # Keyed by the statement object: callers build each statement once (per
+    # caller and shape) and keep it, so its compiled form is kept beside it.
+    return _DriverStatement(statement, dialect)

@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
         # round trips, and no isolation-level switching on every checkout).
         read_engine = create_engine(settings.async_database_url, pool_size=settings.db_pool_size, autocommit=True)
         app.state.sessionmaker = session_factory(db_engine)
-        app.state.read_sessionmaker = session_factory(read_engine, publish_on=db_engine)
+        app.state.read_sessionmaker = session_factory(read_engine, publish_on=db_engine, driver_reads=True)
         app.state.publisher = feed.Publisher(app.state.sessionmaker)
         publisher = asyncio.create_task(app.state.publisher.run(), name="canvass-feed-publisher")
         # Large tenants' forecast history from their snapshots, before the first forecast asks.

@@ -17,7 +17,7 @@ from sqlalchemy import Select, Uuid, bindparam, func, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canvass.db import utcnow
+from canvass.db import read_rows, utcnow
 from canvass.errors import AlreadyExists, InvalidReference, NotFound
 from canvass.ids import new_id
 from canvass.pipeline import stage_summary, stages
@@ -91,12 +91,11 @@ async def read_lead(
     session: AsyncSession, actor: Actor, lead_id: uuid.UUID, config: PipelineConfig | None = None
 ) -> LeadOut:
     """A lead for display: a plain row straight into its response struct."""
-    # Straight on the connection: a read of plain rows needs none of the ORM's work.
-    connection = await session.connection()
-    row = (await connection.execute(_lead_by_id(actor), {"lead_id": lead_id})).first()
-    if row is None:
+    # Plain rows, no ORM work: the hottest read of the API.
+    rows = await read_rows(session, _lead_by_id(actor), {"lead_id": lead_id})
+    if not rows:
         raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
-    return to_lead_out(row, config)
+    return to_lead_out(rows[0], config)
 
 
 async def list_leads(
@@ -477,16 +476,16 @@ def _lead_out_columns() -> tuple[Any, ...]:
     return tuple(Lead.__table__.c[name] for name in _LEAD_STORED_FIELDS)
 
 
-def to_lead_out(lead: Lead | Row[Any], config: PipelineConfig | None = None) -> LeadOut:
-    """The response shape of a lead, with its derived probability and score."""
-    if isinstance(lead, Row):
-        if lead._fields == _LEAD_STORED_FIELDS:  # a read of `_lead_out_columns()`: zip, no lookups
-            stored = dict(zip(_LEAD_STORED_FIELDS, lead, strict=True))
-        else:
-            values = lead._asdict()
-            stored = {name: values[name] for name in _LEAD_STORED_FIELDS}
-    else:
+def to_lead_out(lead: Lead | Row[Any] | Sequence[Any], config: PipelineConfig | None = None) -> LeadOut:
+    """The response shape of a lead, with its derived probability and score.
+    A plain sequence is a row of `_lead_out_columns()`, in that order."""
+    if isinstance(lead, Lead):
         stored = {name: getattr(lead, name) for name in _LEAD_STORED_FIELDS}
+    elif isinstance(lead, Row) and lead._fields != _LEAD_STORED_FIELDS:
+        values = lead._asdict()
+        stored = {name: values[name] for name in _LEAD_STORED_FIELDS}
+    else:  # a read of `_lead_out_columns()`: zip, no lookups
+        stored = dict(zip(_LEAD_STORED_FIELDS, lead, strict=True))
     return LeadOut(
         **stored,
         probability=_probability(stored["status"], stored["probability_override"], stored["stage"], config),
