@@ -82,6 +82,7 @@ PENDING: dict[str, set[uuid.UUID]] = {}
 def _pending_tenants(database: str) -> set[uuid.UUID]:
     return PENDING.setdefault(database, set())
 
+
 log = logging.getLogger(__name__)
 
 # Columns that are bookkeeping, not something a person edits (the lead's stage
@@ -266,12 +267,18 @@ def _pending() -> Any:
     )
 
 
-def _publish_if_pending(connection: Connection, organization_id: uuid.UUID, wait: bool = True) -> None:
+def _publish_if_pending(
+    connection: Connection, organization_id: uuid.UUID, wait: bool = True, probe: bool = False
+) -> None:
     """Under the tenant's clock lock, publish what is still pending. Checking
     again under the lock means that of two publishers that raced, the second
     finds the work done and writes nothing (no empty version, no WAL flush).
     ``wait=False``: if another publication holds the lock, leave it to that one
-    and the next (a pull must not queue behind every other pull)."""
+    and the next (a pull must not queue behind every other pull). ``probe``:
+    first look whether anything is pending at all, without the lock — locking
+    the clock row is itself a write, and a commit to flush."""
+    if probe and not connection.execute(_pending(), {"org": organization_id}).scalar():
+        return
     tables = feed_tables()
     clock = select(SyncClock.version).where(SyncClock.organization_id == organization_id)
     if connection.execute(clock.with_for_update(skip_locked=not wait)).first() is None:
@@ -322,7 +329,8 @@ class Publisher:
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], interval: float = 0.5) -> None:
         self.sessionmaker = sessionmaker
-        self.database = str(sessionmaker.kw["bind"].url)
+        self.engine: AsyncEngine = sessionmaker.kw["bind"]
+        self.database = str(self.engine.url)
         self.interval = interval
         self._wake = asyncio.Event()
         self._next_round: dict[uuid.UUID, asyncio.Future[None]] = {}
@@ -337,7 +345,7 @@ class Publisher:
     async def published(self, organization_id: uuid.UUID, timeout: float = 10.0) -> None:
         """Wait until a round that started after now has published the tenant
         (or ``timeout``: then a later round or pull publishes it)."""
-        if self.sessionmaker.kw["bind"].dialect.name != "postgresql":
+        if self.engine.dialect.name != "postgresql":
             return  # SQLite published inside the writing transaction
         done = self._next_round.get(organization_id)
         if done is None:
@@ -347,6 +355,16 @@ class Publisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(done), timeout)
 
+    async def _publish(self, organization_id: uuid.UUID) -> None:
+        """One transaction on one connection of the write pool: the probe, and
+        if anything is pending, the clock and the stamp (``publish_pending``
+        would probe on a session's connection first and publish on a second)."""
+        if self.engine.dialect.name != "postgresql":
+            return  # SQLite publishes inside the writing transaction
+        async with self.engine.connect() as connection:
+            await connection.run_sync(_publish_if_pending, organization_id, True, True)
+            await connection.commit()
+
     async def publish_now(self) -> None:
         waiting = _pending_tenants(self.database)
         tenants = sorted(waiting)
@@ -354,8 +372,7 @@ class Publisher:
         rounds = {org: self._next_round.pop(org) for org in tenants if org in self._next_round}
         for organization_id in tenants:
             try:
-                async with self.sessionmaker() as session:
-                    await publish_pending(session, organization_id)
+                await self._publish(organization_id)
             except SQLAlchemyError:
                 # Nothing is lost: the rows stay unpublished until the next try or pull.
                 log.warning("publishing tenant %s failed; will retry", organization_id, exc_info=True)

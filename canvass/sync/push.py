@@ -16,11 +16,12 @@ services' flushes are put off (``_apply_put_off``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import insert, inspect, literal, select, union_all
+from sqlalchemy import ColumnElement, Uuid, any_, bindparam, insert, inspect, literal, select, union_all
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.util import identity_key
@@ -377,6 +378,17 @@ async def _apply_put_off(
         session.sync_session.autoflush = autoflush
 
 
+def _among(session: AsyncSession, column: Any, ids: Iterable[uuid.UUID]) -> ColumnElement[bool]:
+    """``column IN ids``. On PostgreSQL the ids travel as one array parameter:
+    the statement's text then does not depend on how many ids a push names, so
+    each pooled connection prepares it once — an IN list of n ids is another
+    statement for every n, prepared again and again (each a round trip, and
+    parsed and planned by the server)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, sorted(ids), type_=postgresql.ARRAY(Uuid())))  # type: ignore[no-any-return]
+    return column.in_(sorted(ids))  # type: ignore[no-any-return]
+
+
 async def _reload_expired(session: AsyncSession, actor: Actor) -> None:
     """After a group rolled back: the records read up front that it had changed
     are expired; read them again, one query per table, instead of one by one
@@ -390,9 +402,11 @@ async def _reload_expired(session: AsyncSession, actor: Actor) -> None:
         if state.persistent and (state.expired or state.expired_attributes - {"server_version"}):
             expired.setdefault(type(obj), []).append(state.identity[1])
     if Lead in expired:  # already locked: the lock is the transaction's
-        await session.execute(select(Lead).where(lead_scope(actor), Lead.id.in_(sorted(expired[Lead]))))
+        await session.execute(select(Lead).where(lead_scope(actor), _among(session, Lead.id, expired[Lead])))
     if Activity in expired:
-        await session.execute(select(Activity).where(activity_scope(actor), Activity.id.in_(sorted(expired[Activity]))))
+        await session.execute(
+            select(Activity).where(activity_scope(actor), _among(session, Activity.id, expired[Activity]))
+        )
 
 
 async def apply_group(session: AsyncSession, actor: Actor, group: Sequence[Mutation]) -> list[Receipt]:
@@ -478,13 +492,18 @@ async def _preload(session: AsyncSession, actor: Actor, mutations: Sequence[Muta
     if lead_ids:
         held.extend(
             await session.scalars(
-                select(Lead).where(lead_scope(actor), Lead.id.in_(lead_ids)).order_by(Lead.id).with_for_update()
+                select(Lead)
+                .where(lead_scope(actor), _among(session, Lead.id, lead_ids))
+                .order_by(Lead.id)
+                .with_for_update()
             )
         )
         read[Lead].update(lead.id for lead in held)
     if activity_ids:
         found = (
-            await session.scalars(select(Activity).where(activity_scope(actor), Activity.id.in_(sorted(activity_ids))))
+            await session.scalars(
+                select(Activity).where(activity_scope(actor), _among(session, Activity.id, activity_ids))
+            )
         ).all()
         read[Activity].update(activity.id for activity in found)
         held.extend(found)
@@ -494,7 +513,7 @@ async def _preload(session: AsyncSession, actor: Actor, mutations: Sequence[Muta
         taken = union_all(
             *(
                 select(literal(i).label("kind"), model.id).where(
-                    model.organization_id == actor.organization_id, model.id.in_(sorted(created[model]))
+                    model.organization_id == actor.organization_id, _among(session, model.id, created[model])
                 )
                 for i, model in enumerate(models)
             )
