@@ -94,6 +94,8 @@ async def main() -> None:
     parser.add_argument("-n", type=int, default=2000, help="requests per operation")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", choices=["get", "list", "create", "move"], help="cProfile this operation")
+    parser.add_argument("--sort", default="tottime", help="cProfile sort key (tottime, cumulative)")
+    parser.add_argument("--top", type=int, default=30, help="functions to list")
     parser.add_argument("--only", help="comma-separated operations to run (default: all)")
     args = parser.parse_args()
     settings = Settings(database_url=args.url, secret_key="request-cpu-" + "x" * 32)
@@ -144,7 +146,7 @@ async def main() -> None:
                 f"{name:7s} {results[name]['cpu_us_per_request']:6d} µs CPU/request  ({n} requests, {bad} errors, {wall:.1f} s wall)"
             )
             if profiler:
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+                pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
     with open(args.moves, "w") as remaining:  # a lead moves out of prospecting once
         remaining.write("\n".join(moves) + "\n")
 

@@ -61,6 +61,14 @@ def test_filters(client: TestClient[Any], tenant: Tenant) -> None:
     assert ids(q="forklift") == {plain["id"], other["id"]}
     assert ids(q="ACME") == {on_acme["id"]}  # the account's name matches too
     assert ids(q="100%_") == set()  # LIKE wildcards are literal
+    literal = create_lead(client, rep, title="Promo 100%_off a/b")
+    near_miss = create_lead(client, rep, title="Promo 1000xoff ab")
+    assert ids(q="100%_") == {literal["id"]}
+    assert ids(q="a/b") == {literal["id"]}  # and so is the escape character
+    # Several filters at once, one lead a page.
+    assert ids(q="PROMO", owner_id=str(rep.id), status="open", limit=1) == {literal["id"], near_miss["id"]}
+    for lead in (literal, near_miss):
+        assert client.delete(f"/api/v1/leads/{lead['id']}", headers=rep.headers).status_code == 204
     assert ids(status="lost") == {lost["id"]}
     assert ids(stage="close") == {lost["id"]}
     assert ids(status="open") == {on_acme["id"], plain["id"], other["id"]}

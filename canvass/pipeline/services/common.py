@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Select, and_, inspect, or_, select
+from sqlalchemy import Integer, Select, and_, bindparam, inspect, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.attributes import set_committed_value
@@ -111,6 +111,45 @@ def _decode_cursor(cursor: str, key: SortKey) -> tuple[Any, uuid.UUID]:
         raise InvalidValue("`cursor` is not a cursor this list returned.", field="cursor") from exc
 
 
+def keyset_page(
+    stmt: Select[Any], *, id_column: InstrumentedAttribute[uuid.UUID], key: SortKey, after: bool
+) -> Select[Any]:
+    """``stmt`` in keyset order, at most ``:page_size`` rows and, when ``after``,
+    only the rows past ``:after_value`` / ``:after_id`` (the last row of the
+    previous page). The values are bound at execution (`page_parameters`), so a
+    caller may build the statement once per shape and keep it."""
+    col = key.column
+    if after:
+        value = bindparam("after_value", type_=col.type)
+        last_id = bindparam("after_id", type_=id_column.type)
+        if key.descending:
+            stmt = stmt.where(or_(col < value, and_(col == value, id_column < last_id)))
+        else:
+            stmt = stmt.where(or_(col > value, and_(col == value, id_column > last_id)))
+    order = (col.desc(), id_column.desc()) if key.descending else (col, id_column)
+    return stmt.order_by(*order).limit(bindparam("page_size", type_=Integer))
+
+
+def page_parameters(key: SortKey, limit: int, cursor: str | None) -> dict[str, Any]:
+    """The values a `keyset_page` statement is run with: one row more than the
+    page, to learn whether another page follows."""
+    params: dict[str, Any] = {"page_size": limit + 1}
+    if cursor:
+        params["after_value"], params["after_id"] = _decode_cursor(cursor, key)
+    return params
+
+
+def page_of(
+    rows: Sequence[T], limit: int, position: Callable[[T], tuple[Any, uuid.UUID]]
+) -> tuple[Sequence[T], str | None]:
+    """The page and the cursor of the next one (None on the last page);
+    ``position`` gives a row's sort value and id."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, _encode_cursor(*position(rows[-1]))
+
+
 async def paginate(
     session: AsyncSession,
     stmt: Select[Any],
@@ -119,29 +158,12 @@ async def paginate(
     key: SortKey,
     limit: int,
     cursor: str | None,
-    plain_rows: bool = False,
 ) -> tuple[Sequence[Any], str | None]:
-    """One page of ``stmt`` in keyset order: cost independent of the page number."""
-    if cursor:
-        value, last_id = _decode_cursor(cursor, key)
-        col = key.column
-        if key.descending:
-            stmt = stmt.where(or_(col < value, and_(col == value, id_column < last_id)))
-        else:
-            stmt = stmt.where(or_(col > value, and_(col == value, id_column > last_id)))
-    order = (key.column.desc(), id_column.desc()) if key.descending else (key.column, id_column)
-    paged = stmt.order_by(*order).limit(limit + 1)
-    if plain_rows:
-        # Over a table's columns: plain rows straight from the connection (no
-        # ORM work, nothing for the session to track on a read-only page).
-        rows: Sequence[Any] = (await (await session.connection()).execute(paged)).all()
-    else:
-        rows = (await session.execute(paged)).scalars().all()
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    last = rows[-1]
-    return rows, _encode_cursor(getattr(last, key.column.key), last.id)
+    """One page of ``stmt``'s records in keyset order: cost independent of the page number."""
+    paged = keyset_page(stmt, id_column=id_column, key=key, after=bool(cursor))
+    records = (await session.execute(paged, page_parameters(key, limit, cursor))).scalars().all()
+    name = key.column.key
+    return page_of(records, limit, lambda record: (getattr(record, name), record.id))
 
 
 def check_version(current: int, if_match: int | None) -> None:

@@ -38,7 +38,9 @@ from canvass.pipeline.services.common import (
     check_owner,
     check_version,
     exists,
-    paginate,
+    keyset_page,
+    page_of,
+    page_parameters,
     preloaded,
     timestamp_key,
 )
@@ -106,26 +108,48 @@ async def list_leads(
     sort: str = "created_at",
     limit: int = 50,
     cursor: str | None = None,
-) -> tuple[Sequence[Lead], str | None]:
+) -> tuple[Sequence[Sequence[Any]], str | None]:
+    """A page of leads as rows of `_lead_out_columns()` (see `to_lead_out`)."""
+    key = LEAD_SORTS[sort]
+    given = {name: value for name, value in msgspec.structs.asdict(filters).items() if value}
+    stmt = _lead_page(actor, frozenset(given), sort, bool(cursor))
+    params = page_parameters(key, limit, cursor)
+    for name, value in given.items():
+        params[name] = _like_pattern(value) if name == "q" else getattr(value, "value", value)
+    rows = await read_rows(session, stmt, params)
+    at = (_LEAD_STORED_FIELDS.index(key.column.key), _LEAD_STORED_FIELDS.index("id"))
+    return page_of(rows, limit, lambda row: (row[at[0]], row[at[1]]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _lead_page(actor: Actor, filters: frozenset[str], sort: str, after: bool) -> Select[Any]:
+    """A page of the caller's leads for one combination of filters, sort order
+    and position: built once, every value bound at execution."""
     stmt = select(*_lead_out_columns()).where(lead_scope(actor))
-    if filters.owner_id:
-        stmt = stmt.where(Lead.owner_id == filters.owner_id)
-    if filters.stage:
-        stmt = stmt.where(Lead.stage == filters.stage.value)
-    if filters.status:
-        stmt = stmt.where(Lead.status == filters.status.value)
-    if filters.account_id:
-        stmt = stmt.where(Lead.account_id == filters.account_id)
-    if filters.updated_since:
-        stmt = stmt.where(Lead.updated_at >= filters.updated_since)
-    if filters.q:
+    for name, column in (("owner_id", Lead.owner_id), ("stage", Lead.stage), ("status", Lead.status)):
+        if name in filters:
+            stmt = stmt.where(column == bindparam(name, type_=column.type))
+    if "account_id" in filters:
+        stmt = stmt.where(Lead.account_id == bindparam("account_id", type_=Lead.account_id.type))
+    if "updated_since" in filters:
+        stmt = stmt.where(Lead.updated_at >= bindparam("updated_since", type_=Lead.updated_at.type))
+    if "q" in filters:
+        pattern = bindparam("q", type_=Lead.title.type)
         account_match = select(Account.id).where(
-            Account.organization_id == actor.organization_id, Account.name.icontains(filters.q, autoescape=True)
+            Account.organization_id == actor.organization_id, Account.name.ilike(pattern, escape=_LIKE_ESCAPE)
         )
-        stmt = stmt.where(or_(Lead.title.icontains(filters.q, autoescape=True), Lead.account_id.in_(account_match)))
-    return await paginate(
-        session, stmt, id_column=Lead.id, key=LEAD_SORTS[sort], limit=limit, cursor=cursor, plain_rows=True
-    )
+        stmt = stmt.where(or_(Lead.title.ilike(pattern, escape=_LIKE_ESCAPE), Lead.account_id.in_(account_match)))
+    return keyset_page(stmt, id_column=Lead.id, key=LEAD_SORTS[sort], after=after)
+
+
+_LIKE_ESCAPE = "/"
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its own ``%`` and ``_`` taken literally."""
+    for special in (_LIKE_ESCAPE, "%", "_"):
+        text = text.replace(special, _LIKE_ESCAPE + special)
+    return f"%{text}%"
 
 
 async def _check_references(
