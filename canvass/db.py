@@ -245,7 +245,7 @@ class _DriverStatement:
         ]
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=2048)
 def _driver_statement(statement: Select[Any], dialect: Dialect) -> _DriverStatement:
     # Keyed by the statement object: callers build each statement once (per
     # caller and shape) and keep it, so its compiled form is kept beside it.
