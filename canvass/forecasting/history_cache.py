@@ -305,9 +305,7 @@ async def snapshots_written() -> None:
     await asyncio.gather(*list(_writes))
 
 
-def _write_snapshot(
-    directory: str, key: tuple[str, uuid.UUID], path: str, identity: str, entry: TenantHistory
-) -> None:
+def _write_snapshot(directory: str, key: tuple[str, uuid.UUID], path: str, identity: str, entry: TenantHistory) -> None:
     arrays = {f"h_{name}": getattr(entry.history, name) for name in _HISTORY_FIELDS}
     arrays.update(ids=entry.ids, owner_code=entry.owner_code, owners=entry.owners)
     layout: list[tuple[str, str, list[int], int]] = []

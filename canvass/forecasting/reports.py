@@ -12,7 +12,6 @@ import anyio.to_thread
 import msgspec
 from sqlalchemy import and_, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.pool import QueuePool
 
 from canvass.db import utcnow
 from canvass.errors import NotFound
@@ -62,7 +61,7 @@ async def funnel_report(
             return await queries.lead_pass(s, actor, cut, period)
 
     engine = session.bind
-    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql" and _spare_connection(engine):
+    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql" and queries.spare_connection(engine):
         results: dict[str, Any] = {}
 
         async def into(key: str, work: Callable[[AsyncSession], Awaitable[Any]], s: AsyncSession) -> None:
@@ -87,17 +86,6 @@ async def funnel_report(
         stuck=stuck,
         now=now,
     )
-
-
-def _spare_connection(engine: AsyncEngine) -> bool:
-    """Whether the engine's pool hands out one more connection without waiting. A report that
-    holds one connection does not wait for a second (requests doing so could hold every
-    connection of the pool and wait for each other): without a spare one it runs in turn."""
-    pool = engine.sync_engine.pool
-    if not isinstance(pool, QueuePool):
-        return True  # no limit (NullPool: a new connection each time)
-    most = pool._max_overflow
-    return pool.checkedin() > 0 or most < 0 or pool.overflow() < most
 
 
 async def forecast_rollup(

@@ -18,6 +18,7 @@ import numpy as np
 from litestar.testing import TestClient
 from sqlalchemy import select, update
 
+from canvass.forecasting import queries
 from canvass.forecasting.history import STATUSES, LeadHistory
 from canvass.forecasting.learned import _AGE_BUCKET, AGE_CAP, N_AGE, _interval_counts
 from canvass.forecasting.queries import STAGE_INDEX, lead_history
@@ -67,6 +68,21 @@ async def _load(client: TestClient[Any], tenant: Tenant) -> None:
         # One deleted lead: neither it nor its changes are history.
         victim = (await session.scalars(select(Lead.id).where(Lead.organization_id == actor.organization_id))).first()
         await session.execute(update(Lead).where(Lead.id == victim).values(deleted_at=T0))
+        # Two more changes of one lead at one instant, the one written first with the larger id: the
+        # order is the ids' (PostgreSQL reads the changes in table order and sorts them itself).
+        lead = (await session.scalars(select(Lead.id).where(Lead.organization_id == actor.organization_id))).all()[5]
+        at = T0 + dt.timedelta(days=400)
+        for id_, stage, amount in (
+            (uuid.UUID(int=2**127 - 1), Stage.CLOSE, 7.0),
+            (uuid.UUID(int=1), Stage.NEGOTIATE, 8.0),
+        ):
+            session.add(
+                StageChange(
+                    id=id_, organization_id=actor.organization_id, lead_id=lead, from_stage=None,
+                    to_stage=stage.value, status=LeadStatus.OPEN.value, amount=amount, at=at, imported=True,
+                )
+            )  # fmt: skip
+            await session.flush()
 
 
 async def _reference(session: Any, organization_id: uuid.UUID, scope: Any) -> LeadHistory:
@@ -222,3 +238,46 @@ def test_prefix_lookups_equal_the_whole_history_answers() -> None:
     per_lead = rng.integers(18_000, 18_400, h.n_leads)
     assert np.array_equal(h.stage_of(leads, per_lead[leads]), h.stage_before(per_lead)[leads])
     assert np.array_equal(h.amount_of(leads, per_lead[leads]), h.amount_before(per_lead)[leads])
+
+
+def test_unordered_changes_are_put_in_the_order_the_database_sorts_them() -> None:
+    """PostgreSQL's stage changes come in table order; ``_in_lead_order`` gives the rows
+    ``ORDER BY lead_id, at, id`` gives: here lead ids sharing their first 8 bytes, changes at the
+    same instant (ordered by id), ``-infinity`` instants, against a sort of the raw bytes."""
+    rng = np.random.default_rng(7)
+    n = 5000
+    high = rng.integers(0, 40, 300).astype(">u8")  # few distinct first halves: many shared
+    leads = np.empty(300, "V16")
+    leads.view(">u8").reshape(-1, 2)[:, 0] = high
+    leads.view(">u8").reshape(-1, 2)[:, 1] = rng.integers(0, 2**63, 300).astype(">u8")
+    lead = leads[rng.integers(0, 300, n)]
+    at = rng.integers(0, 50, n).astype(np.int64) * 86_400_000_000 // 3  # many equal instants
+    at[rng.random(n) < 0.02] = np.iinfo(np.int64).min
+    ids = rng.integers(0, 256, (n, 16), dtype=np.uint8).view("V16").reshape(-1)
+    rows = queries._Columns(
+        {
+            "lead": lead,
+            "at": at,
+            "stage": rng.integers(0, 7, n).astype(np.int16),
+            "amount": rng.integers(0, 5, n) * 100.0,
+            "priced": rng.random(n) < 0.8,
+            "id": ids,
+        }
+    )
+    expected = sorted(range(n), key=lambda i: (lead[i].tobytes(), int(at[i]), ids[i].tobytes()))
+    got = queries._in_lead_order(queries._Columns({name: column.copy() for name, column in rows.data.items()}))
+    reference = queries._Collector(queries._CHANGE_FIELDS, group_key="lead")
+    reference.add(
+        {
+            "lead": lead[expected],
+            "day": queries._days_of_stamps(at[expected]),
+            "stage": rows.data["stage"][expected],
+            "amount": rows.data["amount"][expected],
+            "priced": rows.data["priced"][expected],
+        }
+    )
+    want = reference.result()
+    assert want.keys is not None and got.keys is not None and want.group is not None and got.group is not None
+    assert np.array_equal(got.keys, want.keys) and np.array_equal(got.group, want.group)
+    for name in ("day", "stage", "amount", "priced"):
+        assert np.array_equal(got.data[name], want.data[name]), name
