@@ -544,7 +544,13 @@ async def history_columns(
         # and fetching each row from the table in that order, which was most of a cold read (a table
         # scan of 5,000,000 changes costs half as much). They come in table order with their ids,
         # and numpy puts them in that order (``_in_lead_order``).
-        unordered = select(*change_columns, StageChange.id).where(*of_tenant)
+        # An amount's NULL comes as -Infinity (which a numeric(16, 2) cannot hold): one column less
+        # to send per change.
+        unordered = select(
+            *change_columns[:3],
+            func.coalesce(cast(StageChange.amount, Float), literal_column("'-Infinity'::float8")),
+            StageChange.id,
+        ).where(*of_tenant)
         if lead_ids is not None:  # one array parameter, however many ids
             array = bindparam("lead_ids", sorted(lead_ids), type_=postgresql.ARRAY(Uuid()))
             lead_rows = lead_rows.where(Lead.id == any_(array))
@@ -610,10 +616,10 @@ _LEAD_FIELDS = (("id", "V16", "S32"), ("owner", "V16", "S32"), ("created", ">i8"
                 ("status", ">i2", "i2"), ("closed", ">i8", "i4"))  # fmt: skip
 _CHANGE_FIELDS = (("lead", "V16", "S32"), ("day", ">i8", "i4"), ("stage", ">i2", "i2"),
                   ("amount", ">f8", "f8"), ("priced", "?", "?"))  # fmt: skip
-# PostgreSQL's unordered changes: ``at`` stays a timestamp (µs, "i8") until they are ordered, and the
-# change's id breaks ties between changes of one lead at the same instant.
+# PostgreSQL's unordered changes: ``at`` stays a timestamp (µs, "i8") until they are ordered, the
+# change's id breaks ties between changes of one lead at the same instant, a missing amount is -inf.
 _UNORDERED_FIELDS = (("lead", "V16", "V16"), ("at", ">i8", "i8"), ("stage", ">i2", "i2"),
-                     ("amount", ">f8", "f8"), ("priced", "?", "?"), ("id", "V16", "V16"))  # fmt: skip
+                     ("amount", ">f8", "f8"), ("id", "V16", "V16"))  # fmt: skip
 _STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970-01-01
 _US_PER_DAY = 86_400_000_000
@@ -791,8 +797,10 @@ def _in_lead_order(rows: _Columns) -> _Columns:
         ids = _id_words(data["id"][those])
         order[places] = those[np.lexsort((ids[:, 1], ids[:, 0], key[places]))]
     del key
-    ordered = {name: data.pop(name)[order] for name in ("lead", "at", "stage", "amount", "priced")}
+    ordered = {name: data.pop(name)[order] for name in ("lead", "at", "stage", "amount")}
     ordered["day"] = _days_of_stamps(ordered.pop("at"))
+    ordered["priced"] = ordered["amount"] != -np.inf
+    ordered["amount"][~ordered["priced"]] = 0.0
     collector = _Collector(_CHANGE_FIELDS, group_key="lead")
     collector.add(ordered)
     return collector.result()
