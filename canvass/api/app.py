@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -55,6 +56,16 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _settle_garbage_collector() -> None:
+    """What exists once the app has started (modules, routes, models, the OpenAPI
+    schema: ~125,000 objects) lives as long as the process. Frozen out of the
+    collector's reach, a full collection no longer walks it: measured under a
+    GET load, each full collection paused the worker ~90 ms (a p99 of its own)
+    and each middle-generation one ~3 ms."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None, engine: AsyncEngine | None = None) -> Litestar:
     settings = settings or get_settings()
     jwt_auth = build_jwt_auth(settings)
@@ -72,6 +83,7 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
         publisher = asyncio.create_task(app.state.publisher.run(), name="canvass-feed-publisher")
         # Large tenants' forecast history from their snapshots, before the first forecast asks.
         warming = asyncio.create_task(history_cache.warm(app.state.read_sessionmaker), name="canvass-history-warm")
+        _settle_garbage_collector()
         try:
             yield
         finally:
