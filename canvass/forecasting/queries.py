@@ -555,7 +555,8 @@ async def history_columns(
             array = bindparam("lead_ids", sorted(lead_ids), type_=postgresql.ARRAY(Uuid()))
             lead_rows = lead_rows.where(Lead.id == any_(array))
             unordered = unordered.where(StageChange.lead_id == any_(array))
-        leads, rows = await _copy_side_by_side(session, (lead_rows, _LEAD_FIELDS), (unordered, _UNORDERED_FIELDS))
+        async with _parallel_scans(session, lead_ids is None):
+            leads, rows = await _copy_side_by_side(session, (lead_rows, _LEAD_FIELDS), (unordered, _UNORDERED_FIELDS))
         return leads, await anyio.to_thread.run_sync(_in_lead_order, rows)
     change_rows = (
         select(*change_columns).where(*of_tenant).order_by(StageChange.lead_id, StageChange.at, StageChange.id)
@@ -571,6 +572,25 @@ async def history_columns(
         leads = await _fetch_columns(session, [lead_rows], _LEAD_FIELDS)
         changes = await _fetch_columns(session, [change_rows], _CHANGE_FIELDS, group_key="lead")
     return leads, changes
+
+
+@contextlib.asynccontextmanager
+async def _parallel_scans(session: AsyncSession, wanted: bool) -> AsyncIterator[None]:
+    """Let PostgreSQL scan the whole tenant's stage changes with parallel workers (the cost model
+    charges every row passed to the leader, which rules out a parallel plan for a query returning
+    all its rows; here the workers compute the columns, the leader only sends them). Without a free
+    worker the plan runs in the leader alone. Reset afterwards: the connection goes back to a pool."""
+    if not wanted:
+        yield
+        return
+    await session.execute(text("SET parallel_setup_cost = 0"))
+    await session.execute(text("SET parallel_tuple_cost = 0"))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(SQLAlchemyError):  # an aborted transaction rolls its SETs back itself
+            await session.execute(text("RESET parallel_setup_cost"))
+            await session.execute(text("RESET parallel_tuple_cost"))
 
 
 async def _copy_side_by_side(
