@@ -555,8 +555,11 @@ async def history_columns(
             array = bindparam("lead_ids", sorted(lead_ids), type_=postgresql.ARRAY(Uuid()))
             lead_rows = lead_rows.where(Lead.id == any_(array))
             unordered = unordered.where(StageChange.lead_id == any_(array))
-        async with _parallel_scans(session, lead_ids is None):
-            leads, rows = await _copy_side_by_side(session, (lead_rows, _LEAD_FIELDS), (unordered, _UNORDERED_FIELDS))
+        whole = lead_ids is None  # a refresh re-reads a few leads: one connection, no parallel workers
+        async with _parallel_scans(session, whole):
+            leads, rows = await _copy_side_by_side(
+                session, (lead_rows, _LEAD_FIELDS), (unordered, _UNORDERED_FIELDS), concurrently=whole
+            )
         return leads, await anyio.to_thread.run_sync(_in_lead_order, rows)
     change_rows = (
         select(*change_columns).where(*of_tenant).order_by(StageChange.lead_id, StageChange.at, StageChange.id)
@@ -597,13 +600,15 @@ async def _copy_side_by_side(
     session: AsyncSession,
     first: tuple[Any, tuple[tuple[str, str, str], ...]],
     second: tuple[Any, tuple[tuple[str, str, str], ...]],
+    *,
+    concurrently: bool,
 ) -> tuple[_Columns, _Columns]:
-    """Two binary COPYs at the same time: ``first`` on a second connection of the session's engine
-    when its pool has one to spare (:func:`spare_connection`), ``second`` on the session's;
-    else one after the other. The second connection reads committed rows at its own snapshot, as
-    each of the two statements did in turn (the history cache reads the feed clock before either)."""
+    """Two binary COPYs, ``concurrently``: ``first`` on a second connection of the session's engine
+    when its pool has one to spare (:func:`spare_connection`), ``second`` on the session's; else one
+    after the other. The second connection reads committed rows at its own snapshot, as each of the
+    two statements did in turn (the history cache reads the feed clock before either)."""
     engine = session.bind
-    if not (isinstance(engine, AsyncEngine) and spare_connection(engine)):
+    if not (concurrently and isinstance(engine, AsyncEngine) and spare_connection(engine)):
         return await _copy_binary(session, *first), await _copy_binary(session, *second)
     results: dict[int, _Columns] = {}
 
