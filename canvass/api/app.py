@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Contact as OpenAPIContact
 from litestar.static_files import create_static_files_router
 from openapi_ui_bundles import swagger_ui
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from canvass.api.controllers.accounts import AccountController, ContactController
@@ -37,7 +39,7 @@ from canvass.api.security import build_jwt_auth
 from canvass.db import create_engine, session_factory
 from canvass.forecasting import history_cache
 from canvass.settings import Settings, get_settings
-from canvass.sync import feed  # publishes every write to the change feed
+from canvass.sync import feed, warm  # feed: publishes every write to the change feed
 
 API_DESCRIPTION = """
 Canvass manages leads through a seven-stage pipeline (prospecting → qualify →
@@ -54,6 +56,9 @@ _SWAGGER_ASSETS = "/schema/assets"
 @get("/health", operation_id="health", tags=["meta"], security=[], include_in_schema=True)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+log = logging.getLogger("canvass.api")
 
 
 def _settle_garbage_collector() -> None:
@@ -77,6 +82,13 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
         # Reads get their own pool of autocommit connections (no BEGIN/COMMIT
         # round trips, and no isolation-level switching on every checkout).
         read_engine = create_engine(settings.async_database_url, pool_size=settings.db_pool_size, autocommit=True)
+        # Every pooled connection opened and its backend's catalog caches filled
+        # now, not by the first minute of load (canvass/sync/warm.py).
+        try:
+            for pool in (db_engine, read_engine):
+                await warm.warm_connections(pool, settings.db_pool_size)
+        except (OSError, DBAPIError) as exc:  # the database may come up after us
+            log.warning("could not warm the database connections at start: %s", exc)
         app.state.sessionmaker = session_factory(db_engine)
         app.state.read_sessionmaker = session_factory(read_engine, publish_on=db_engine, driver_reads=True)
         app.state.publisher = feed.Publisher(app.state.sessionmaker)
