@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import greenlet_spawn
 
 # Deterministic constraint names: Alembic can then alter them on both databases.
 NAMING_CONVENTION = {
@@ -189,6 +190,7 @@ async def read_rows(
     prepared = _driver_statement(statement, engine.dialect)
     args = prepared.arguments(params or {})
     pooled = await engine.raw_connection()
+    broken: BaseException | None = None
     try:
         driver = pooled.driver_connection
         if prepared.converters is None:
@@ -201,10 +203,13 @@ async def read_rows(
     except BaseException as exc:
         # Cancelled or cut off mid-statement: the connection's state is unknown,
         # so it is closed rather than handed to the next request.
-        pooled.invalidate(exc if isinstance(exc, Exception) else None)
+        broken = exc
         raise
     finally:
-        pooled.close()
+        # Handing the connection back may close it (an overflow connection, or
+        # a broken one): the pool's close is I/O it runs through SQLAlchemy's
+        # greenlet bridge, like every other pool operation.
+        await greenlet_spawn(_give_back, pooled, broken)
     converters = prepared.converters
     if not any(converters):
         return [tuple(record) for record in records]
@@ -212,6 +217,12 @@ async def read_rows(
         tuple(value if convert is None else convert(value) for value, convert in zip(record, converters, strict=True))
         for record in records
     ]
+
+
+def _give_back(pooled: Any, broken: BaseException | None) -> None:
+    if broken is not None:
+        pooled.invalidate(broken if isinstance(broken, Exception) else None)
+    pooled.close()
 
 
 class _DriverStatement:

@@ -3,6 +3,8 @@ ordinary SQLAlchemy path answers, and fail the same way."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -12,9 +14,10 @@ from litestar.testing import TestClient
 from sqlalchemy import literal, literal_column, select
 from sqlalchemy.exc import DBAPIError
 
-from canvass.db import DRIVER_READS, read_rows
+from canvass.db import DRIVER_READS, create_engine, read_rows, session_factory
 from canvass.pipeline.models import Lead
 from canvass.pipeline.services import leads as service
+from canvass.settings import Settings
 from tests.conftest import Tenant, create_account, create_contact, create_lead, run
 
 
@@ -82,3 +85,29 @@ def test_a_database_error_on_the_driver_is_the_sessions_error_type(client: TestC
             return await read_rows(session, select(literal(7)))
 
     assert [tuple(row) for row in run(client, still_serves)] == [(7,)]
+
+
+def test_connections_beyond_the_pool_are_closed_cleanly_after_a_driver_read(
+    client: TestClient[Any], settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One pooled connection and two of overflow: three reads at once open three,
+    # and two must be closed when handed back (the pool has room for one).
+    engine = create_engine(settings.async_database_url, pool_size=1, autocommit=True)
+    reads = session_factory(engine, publish_on=engine, driver_reads=True)
+
+    async def three_at_once() -> list[Any]:
+        async def one(n: int) -> Any:
+            async with reads() as session:
+                return (await read_rows(session, select(literal(n))))[0][0]
+
+        try:
+            values = await asyncio.gather(*(one(n) for n in range(3)))
+            return [values, engine.pool.checkedout()]  # type: ignore[attr-defined]
+        finally:
+            await engine.dispose()
+
+    with caplog.at_level(logging.ERROR, logger="sqlalchemy.pool"):
+        values, checked_out = run(client, three_at_once)
+    assert values == [0, 1, 2]
+    assert checked_out == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
