@@ -80,14 +80,22 @@ async def analytic_settings(session: AsyncSession) -> AsyncIterator[None]:
     if session.get_bind().dialect.name != "postgresql":
         yield
         return
-    await session.execute(text("SET jit = off"))
-    await session.execute(text(f"SET work_mem = '{ANALYTIC_WORK_MEM}'"))
+    async with _settings(session, {"jit": "off", "work_mem": f"'{ANALYTIC_WORK_MEM}'"}):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _settings(session: AsyncSession, values: dict[str, str]) -> AsyncIterator[None]:
+    """PostgreSQL settings for the statements inside; reset afterwards (the connection goes
+    back to a pool). ``values`` are SQL literals fixed in this module, never user input."""
+    for name, value in values.items():
+        await session.execute(text(f"SET {name} = {value}"))
     try:
         yield
     finally:
         with contextlib.suppress(SQLAlchemyError):  # an aborted transaction rolls its SETs back itself
-            await session.execute(text("RESET jit"))
-            await session.execute(text("RESET work_mem"))
+            for name in values:
+                await session.execute(text(f"RESET {name}"))
 
 
 ANALYTIC_WORK_MEM = "64MB"
@@ -586,14 +594,8 @@ async def _parallel_scans(session: AsyncSession, wanted: bool) -> AsyncIterator[
     if not wanted:
         yield
         return
-    await session.execute(text("SET parallel_setup_cost = 0"))
-    await session.execute(text("SET parallel_tuple_cost = 0"))
-    try:
+    async with _settings(session, {"parallel_setup_cost": "0", "parallel_tuple_cost": "0"}):
         yield
-    finally:
-        with contextlib.suppress(SQLAlchemyError):  # an aborted transaction rolls its SETs back itself
-            await session.execute(text("RESET parallel_setup_cost"))
-            await session.execute(text("RESET parallel_tuple_cost"))
 
 
 async def _copy_side_by_side(
