@@ -194,8 +194,13 @@ async def read_rows(
     try:
         driver = pooled.driver_connection
         if prepared.converters is None:
-            prepared.converters = await prepared.result_converters(driver, engine.dialect)
-        records = await driver.fetch(prepared.sql, *args)
+            # The first run: the driver's description of the result picks each
+            # column's converter, and the statement it described runs at once.
+            described = await driver.prepare(prepared.sql)
+            prepared.converters = prepared.result_converters(described.get_attributes(), engine.dialect)
+            records = await described.fetch(*args)
+        else:
+            records = await driver.fetch(prepared.sql, *args)
     except asyncpg.PostgresError as exc:
         # The server's answer (the connection is fine): the error type a session
         # would raise, which the problem handlers read.
@@ -247,12 +252,11 @@ class _DriverStatement:
         values = [params[name] if name in params else self.fixed[name] for name in self.order]
         return [v if bind is None or v is None else bind(v) for v, bind in zip(values, self.binds, strict=True)]
 
-    async def result_converters(self, driver: Any, dialect: Dialect) -> list[Any]:
-        described = (await driver.prepare(self.sql)).get_attributes()
+    def result_converters(self, columns: Sequence[Any], dialect: Dialect) -> list[Any]:
         return [
             # SQLAlchemy's own conversion of this column type for this driver.
             type_._cached_result_processor(dialect, column.type.oid)
-            for type_, column in zip(self.types, described, strict=True)
+            for type_, column in zip(self.types, columns, strict=True)
         ]
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -50,6 +50,9 @@ from canvass.pipeline.models import Account, Lead, StageChange, Team, User
 from canvass.pipeline.scope import Actor, lead_scope, subtree_members, visible_owner
 from canvass.pipeline.stage_summary import entered_column, exited_column
 from canvass.pipeline.vocabulary import STAGE_ORDER, LeadStatus
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 STAGE_INDEX = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
 
@@ -565,8 +568,11 @@ async def history_columns(
             unordered = unordered.where(StageChange.lead_id == any_(array))
         whole = lead_ids is None  # a refresh re-reads a few leads: one connection, no parallel workers
         async with _parallel_scans(session, whole):
-            leads, rows = await _copy_side_by_side(
-                session, (lead_rows, _LEAD_FIELDS), (unordered, _UNORDERED_FIELDS), concurrently=whole
+            rows, leads = await side_by_side(
+                session,
+                lambda s: _copy_binary(s, unordered, _UNORDERED_FIELDS),
+                lambda s: _copy_binary(s, lead_rows, _LEAD_FIELDS),
+                concurrently=whole,
             )
         return leads, await anyio.to_thread.run_sync(_in_lead_order, rows)
     change_rows = (
@@ -598,29 +604,35 @@ async def _parallel_scans(session: AsyncSession, wanted: bool) -> AsyncIterator[
         yield
 
 
-async def _copy_side_by_side(
+async def side_by_side(
     session: AsyncSession,
-    first: tuple[Any, tuple[tuple[str, str, str], ...]],
-    second: tuple[Any, tuple[tuple[str, str, str], ...]],
+    here: Callable[[AsyncSession], Awaitable[A]],
+    there: Callable[[AsyncSession], Awaitable[B]],
     *,
-    concurrently: bool,
-) -> tuple[_Columns, _Columns]:
-    """Two binary COPYs, ``concurrently``: ``first`` on a second connection of the session's engine
-    when its pool has one to spare (:func:`spare_connection`), ``second`` on the session's; else one
-    after the other. The second connection reads committed rows at its own snapshot, as each of the
-    two statements did in turn (the history cache reads the feed clock before either)."""
+    concurrently: bool = True,
+) -> tuple[A, B]:
+    """``here`` on the session and, at the same time, ``there`` on a second connection of its
+    engine (with the analytic settings; the session's own are its caller's) when that is
+    PostgreSQL and the pool has a connection to spare (:func:`spare_connection`); else one after
+    the other on the session. Each reads committed rows at its own snapshot, as every read here
+    does at READ COMMITTED (rows the session wrote and has not committed are not seen there)."""
     engine = session.bind
-    if not (concurrently and isinstance(engine, AsyncEngine) and spare_connection(engine)):
-        return await _copy_binary(session, *first), await _copy_binary(session, *second)
-    results: dict[int, _Columns] = {}
+    if not (
+        concurrently
+        and isinstance(engine, AsyncEngine)
+        and engine.dialect.name == "postgresql"
+        and spare_connection(engine)
+    ):
+        return await here(session), await there(session)
+    results: dict[str, Any] = {}
 
-    async def copy(which: int, s: AsyncSession, stmt: Any, fields: tuple[tuple[str, str, str], ...]) -> None:
-        results[which] = await _copy_binary(s, stmt, fields)
+    async def into(key: str, work: Callable[[AsyncSession], Awaitable[Any]], s: AsyncSession) -> None:
+        results[key] = await work(s)
 
     async with AsyncSession(engine) as other, analytic_settings(other), anyio.create_task_group() as tasks:
-        tasks.start_soon(copy, 0, other, *first)
-        tasks.start_soon(copy, 1, session, *second)
-    return results[0], results[1]
+        tasks.start_soon(into, "here", here, session)
+        tasks.start_soon(into, "there", there, other)
+    return results["here"], results["there"]
 
 
 def spare_connection(engine: AsyncEngine) -> bool:

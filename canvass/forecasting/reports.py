@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import anyio.to_thread
 import msgspec
 from sqlalchemy import and_, select, true
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.db import utcnow
 from canvass.errors import NotFound
@@ -49,31 +48,17 @@ async def funnel_report(
     now = now or utcnow()
 
     async def days_and_stuck(s: AsyncSession) -> tuple[queries.StageDurations, int, list[queries.OpenLead]]:
-        async with queries.analytic_settings(s):
-            durations = await queries.stage_durations(s, actor, cut, period)
-            total, stuck = await queries.stuck_leads(
-                s, actor, cut, funnel.stuck_thresholds(durations, now), limit=STUCK_LIST_LIMIT
-            )
+        durations = await queries.stage_durations(s, actor, cut, period)
+        total, stuck = await queries.stuck_leads(
+            s, actor, cut, funnel.stuck_thresholds(durations, now), limit=STUCK_LIST_LIMIT
+        )
         return durations, total, stuck
 
     async def lead_figures(s: AsyncSession) -> queries.LeadPass:
-        async with queries.analytic_settings(s):
-            return await queries.lead_pass(s, actor, cut, period)
+        return await queries.lead_pass(s, actor, cut, period)
 
-    engine = session.bind
-    if isinstance(engine, AsyncEngine) and engine.dialect.name == "postgresql" and queries.spare_connection(engine):
-        results: dict[str, Any] = {}
-
-        async def into(key: str, work: Callable[[AsyncSession], Awaitable[Any]], s: AsyncSession) -> None:
-            results[key] = await work(s)
-
-        async with AsyncSession(engine) as second, anyio.create_task_group() as tasks:
-            tasks.start_soon(into, "days", days_and_stuck, session)
-            tasks.start_soon(into, "leads", lead_figures, second)
-        (durations, stuck_total, stuck), leads = results["days"], results["leads"]
-    else:
-        durations, stuck_total, stuck = await days_and_stuck(session)
-        leads = await lead_figures(session)
+    async with queries.analytic_settings(session):
+        (durations, stuck_total, stuck), leads = await queries.side_by_side(session, days_and_stuck, lead_figures)
     return funnel.build_report(
         period_start=period.start,
         period_end=period.end,

@@ -126,11 +126,10 @@ def _lead_page(actor: Actor, filters: frozenset[str], sort: str, after: bool) ->
     """A page of the caller's leads for one combination of filters, sort order
     and position: built once, every value bound at execution."""
     stmt = select(*_lead_out_columns()).where(lead_scope(actor))
-    for name, column in (("owner_id", Lead.owner_id), ("stage", Lead.stage), ("status", Lead.status)):
+    for name in ("owner_id", "stage", "status", "account_id"):
         if name in filters:
+            column = Lead.__table__.c[name]
             stmt = stmt.where(column == bindparam(name, type_=column.type))
-    if "account_id" in filters:
-        stmt = stmt.where(Lead.account_id == bindparam("account_id", type_=Lead.account_id.type))
     if "updated_since" in filters:
         stmt = stmt.where(Lead.updated_at >= bindparam("updated_since", type_=Lead.updated_at.type))
     if "q" in filters:
