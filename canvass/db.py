@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Any
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
-from sqlalchemy import JSON, DateTime, MetaData, event
+from sqlalchemy import JSON, DateTime, MetaData, Table, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import greenlet_spawn
 
@@ -153,20 +155,48 @@ PUBLISH_ENGINE = "canvass.publish_engine"
 
 
 # session.info: the autocommit PostgreSQL engine whose driver connections
-# `read_rows` may use directly (set on the API's read sessions only).
-DRIVER_READS = "canvass.driver_reads"
+# `read_rows` and `write_alone` may use directly (set by the API).
+DRIVER = "canvass.driver"
+# session.info: the change-feed bookkeeping for a write that commits on its own
+# (`write_alone`), which no session hook sees (set by the API on its write sessions).
+ALONE_WRITES = "canvass.alone_writes"
+
+
+class AloneWrites(Protocol):
+    """What the ORM's session hooks do for every write (the sync layer's change
+    feed, ``canvass/sync/feed.py``), done by hand for a write that runs as one
+    statement and commits by itself. The sync layer provides it and the API wires
+    it into its write sessions, so the pipeline never imports the sync layer."""
+
+    def field_versions(
+        self, session: AsyncSession, versions: Mapping[str, Any] | None, changed: Iterable[str], next_version: int
+    ) -> dict[str, Any]:
+        """A record's per-field versions after a write of ``changed`` fields that
+        makes its row version ``next_version``."""
+        ...
+
+    def committed(self, database: str, organization_id: uuid.UUID) -> None:
+        """A write of the tenant's synced rows committed on ``database``."""
+        ...
 
 
 def session_factory(
-    engine: AsyncEngine, *, publish_on: AsyncEngine | None = None, driver_reads: bool = False
+    engine: AsyncEngine,
+    *,
+    publish_on: AsyncEngine | None = None,
+    driver: AsyncEngine | None = None,
+    alone_writes: AloneWrites | None = None,
 ) -> async_sessionmaker[AsyncSession]:
-    """Sessions on ``engine``. ``driver_reads``: the engine is an autocommit read
-    pool whose connections `read_rows` may use directly (PostgreSQL only)."""
+    """Sessions on ``engine``. ``driver``: an autocommit PostgreSQL pool whose
+    connections `read_rows` may use directly (ignored elsewhere); with
+    ``alone_writes`` too, `write_alone` may commit single statements on it."""
     info: dict[str, Any] = {}
     if publish_on is not None:
         info[PUBLISH_ENGINE] = publish_on
-    if driver_reads and engine.dialect.name == "postgresql":
-        info[DRIVER_READS] = engine
+    if driver is not None and driver.dialect.name == "postgresql":
+        info[DRIVER] = driver
+        if alone_writes is not None:
+            info[ALONE_WRITES] = alone_writes
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info or None)
 
 
@@ -176,23 +206,75 @@ async def read_rows(
     """The rows of a SELECT built once (values as named bind parameters), for a
     read that must be cheap: one lead, a page of leads.
 
-    On the API's PostgreSQL read sessions (autocommit: each statement is its own
-    snapshot anyway) the statement runs straight on the driver's connection from
-    the same pool, compiled once, and each value goes through the same result
-    conversion SQLAlchemy would apply. Measured on a GET of one lead: ~0.1 ms of
-    CPU instead of ~0.55 ms through a session, and that difference was most of
-    the request. Everywhere else (SQLite, a session inside a write transaction,
-    whose uncommitted rows another connection would not see) it is an ordinary
-    execute on the session's connection."""
-    engine = session.info.get(DRIVER_READS)
-    if engine is None:
+    On the API's PostgreSQL sessions the statement runs straight on a driver
+    connection of the autocommit pool (each statement is its own snapshot, as
+    at READ COMMITTED anyway), compiled once, and each value goes through the
+    same result conversion SQLAlchemy would apply. Measured on a GET of one
+    lead: ~0.1 ms of CPU instead of ~0.55 ms through a session, and that
+    difference was most of the request. Everywhere else (SQLite, a session
+    inside a write transaction, whose uncommitted rows another connection would
+    not see) it is an ordinary execute on the session's connection."""
+    engine = session.info.get(DRIVER)
+    if engine is None or (session.in_transaction() and session.bind is not engine):
         return (await (await session.connection()).execute(statement, params)).all()
+    return await _on_driver(engine, statement, params or {})
+
+
+def alone_writes(session: AsyncSession) -> AloneWrites | None:
+    """The change-feed bookkeeping, if a write through this session can run now
+    as one statement that commits by itself (`write_alone`): a PostgreSQL
+    session wired for it by the API, with no transaction open (its reads or
+    writes would not be part of the statement's). None: write through the ORM."""
+    hooks: AloneWrites | None = session.info.get(ALONE_WRITES)
+    return None if hooks is None or session.in_transaction() else hooks
+
+
+async def write_alone(
+    session: AsyncSession, statement: Select[Any], params: Mapping[str, Any], organization_id: uuid.UUID
+) -> Sequence[Sequence[Any]]:
+    """Run a write built once as one statement (data-modifying CTEs: several
+    rows of several tables, all or none) in a transaction of its own on a driver
+    connection, and return its rows. Only when `alone_writes` says it may.
+
+    Why: a REST create or stage move through the session is BEGIN, the ORM's
+    flush (a round trip per row), COMMIT — 4–5 round trips and the unit of work.
+    As one statement it is one round trip, and PostgreSQL commits it before
+    answering. The caller computes every column (`with_column_defaults`) and the
+    bookkeeping the session hooks would add (``AloneWrites.field_versions``)."""
+    engine = session.info[DRIVER]
+    rows = await _on_driver(engine, statement, params)
+    session.info[ALONE_WRITES].committed(str(engine.url), organization_id)
+    return rows
+
+
+def with_column_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Every column of ``table``: the values given, and for the others what an
+    INSERT through SQLAlchemy would write (the column's Python-side default, or
+    NULL) — for a statement built once that binds every column."""
+    full = dict(row)
+    for column in table.columns:
+        if column.key in full:
+            continue
+        default = column.default
+        if default is None:
+            full[column.key] = None
+        elif isinstance(default, ScalarElementColumnDefault):
+            full[column.key] = default.arg
+        elif isinstance(default, CallableColumnDefault):  # ids, timestamps, empty documents
+            # SQLAlchemy wraps it to take an execution context, which ours ignore.
+            full[column.key] = default.arg(None)  # type: ignore[arg-type]
+        else:
+            raise TypeError(f"{table.name}.{column.key}: a default only the database can compute")
+    return full
+
+
+async def _on_driver(engine: AsyncEngine, statement: Select[Any], params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
     prepared = _driver_statement(statement, engine.dialect)
-    args = prepared.arguments(params or {})
+    args = prepared.arguments(params)
     pooled = await engine.raw_connection()
     broken: BaseException | None = None
     try:
-        driver = pooled.driver_connection
+        driver: Any = pooled.driver_connection
         if prepared.converters is None:
             # The first run: the driver's description of the result picks each
             # column's converter, and the statement it described runs at once.
@@ -203,8 +285,9 @@ async def read_rows(
             records = await driver.fetch(prepared.sql, *args)
     except asyncpg.PostgresError as exc:
         # The server's answer (the connection is fine): the error type a session
-        # would raise, which the problem handlers read.
-        raise DBAPIError(prepared.sql, args, exc) from exc
+        # would raise, which the problem handlers read (a duplicate id: 409).
+        error = IntegrityError if isinstance(exc, asyncpg.IntegrityConstraintViolationError) else DBAPIError
+        raise error(prepared.sql, args, exc) from exc
     except BaseException as exc:
         # Cancelled or cut off mid-statement: the connection's state is unknown,
         # so it is closed rather than handed to the next request.
@@ -231,7 +314,7 @@ def _give_back(pooled: Any, broken: BaseException | None) -> None:
 
 
 class _DriverStatement:
-    """A SELECT compiled for the driver: its SQL text, the order of its
+    """A statement compiled for the driver: its SQL text, the order of its
     positional parameters, and (after the first run, from the driver's own
     description of the result) one value converter per column."""
 
@@ -239,6 +322,9 @@ class _DriverStatement:
 
     def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
+        if "POSTCOMPILE" in compiled.string:
+            # An IN list a session would expand at execution: not run as compiled.
+            raise ValueError("a statement for the driver cannot hold an expanding IN (…); compare with = ANY(array)")
         self.sql = compiled.string
         self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
         # The values the statement itself carries (the tenant, the caller...).

@@ -90,8 +90,10 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
                 await warm.warm_connections(pool, settings.db_pool_size)
         except (OSError, DBAPIError) as exc:  # the database may come up after us
             log.warning("could not warm the database connections at start: %s", exc)
-        app.state.sessionmaker = session_factory(db_engine)
-        app.state.read_sessionmaker = session_factory(read_engine, publish_on=db_engine, driver_reads=True)
+        # On PostgreSQL a REST create or stage move may commit alone, as one
+        # statement on an autocommit connection (canvass.db.write_alone).
+        app.state.sessionmaker = session_factory(db_engine, driver=read_engine, alone_writes=feed.ALONE_WRITES)
+        app.state.read_sessionmaker = session_factory(read_engine, publish_on=db_engine, driver=read_engine)
         app.state.publisher = feed.Publisher(app.state.sessionmaker)
         publisher = asyncio.create_task(app.state.publisher.run(), name="canvass-feed-publisher")
         # Large tenants' forecast history from their snapshots, before the first forecast asks.

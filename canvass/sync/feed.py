@@ -3,7 +3,9 @@ version of its tenant, and versions become visible in the order they are handed
 out, so a device's cursor never skips a change (PROTOCOL.md, "Change feed").
 
 Nothing in the pipeline services knows about it. Session hooks do the work for
-every writer — REST handlers, sync pushes, the importer, the demo loader:
+every writer — REST handlers, sync pushes, the importer, the demo loader — and
+``ALONE_WRITES`` does the same by hand for the writes no session sees (a REST
+create or stage move committed as one statement, ``canvass.db.write_alone``):
 
 - at flush, note which tenant tables were written, keep the per-field versions
   the three-way merge needs, and record owner changes (departures);
@@ -33,6 +35,7 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
@@ -139,12 +142,10 @@ def _version_fields(session: Session, _context: Any, _instances: Any) -> None:
         if isinstance(obj, FieldVersioned) and changed:
             hlc = hlc or current_hlc(session)
             written_at = hlc_of.pop(state.key, hlc)
-            versions = dict(obj.field_versions or {})
             next_version = obj.version + 1  # type: ignore[attr-defined]  # the version this UPDATE writes
-            device = session.info.get(DEVICE)
-            for name in changed:
-                versions[name] = [next_version, written_at, device]
-            obj.field_versions = versions
+            obj.field_versions = _stamped(
+                obj.field_versions, changed, next_version, written_at, session.info.get(DEVICE)
+            )
         entity = _OWNED.get(type(obj))
         if entity is not None and "owner_id" in changed:
             _depart(session, obj.organization_id, entity, obj.id, _before(state, "owner_id"))
@@ -157,6 +158,38 @@ def _version_fields(session: Session, _context: Any, _instances: Any) -> None:
             account_id = _before(state, "account_id")
             if account_id is not None:
                 _depart(session, obj.organization_id, "account", account_id, _before(state, "owner_id"))
+
+
+def _stamped(
+    versions: Mapping[str, Any] | None, changed: Iterable[str], next_version: int, written_at: str, device: Any
+) -> dict[str, Any]:
+    """Per-field versions after a write of ``changed``: each gets the row version
+    the write makes, its timestamp and the device that wrote it."""
+    stamped = dict(versions or {})
+    for name in changed:
+        stamped[name] = [next_version, written_at, device]
+    return stamped
+
+
+class _AloneWrites:
+    """The bookkeeping above for a write that commits on its own, outside any
+    session (``canvass.db.write_alone``: a REST create or stage move on
+    PostgreSQL). Its rows are written unpublished (NULL), like every write."""
+
+    def field_versions(
+        self, session: Any, versions: Mapping[str, Any] | None, changed: Iterable[str], next_version: int
+    ) -> dict[str, Any]:
+        fields = [name for name in changed if name not in _NOT_FIELDS]
+        if not fields:
+            return dict(versions or {})
+        return _stamped(versions, fields, next_version, current_hlc(session), session.info.get(DEVICE))
+
+    def committed(self, database: str, organization_id: uuid.UUID) -> None:
+        # As after a session's commit: this process's publisher publishes it.
+        _pending_tenants(database).add(organization_id)
+
+
+ALONE_WRITES = _AloneWrites()
 
 
 _LEAD_SEES_ACCOUNT = frozenset({"owner_id", "account_id", "deleted_at"})

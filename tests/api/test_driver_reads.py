@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from sqlalchemy import literal, literal_column, select
 from sqlalchemy.exc import DBAPIError
 
-from canvass.db import DRIVER_READS, create_engine, read_rows, session_factory
+from canvass.db import DRIVER, create_engine, read_rows, session_factory
 from canvass.pipeline.models import Lead
 from canvass.pipeline.services import leads as service
 from canvass.settings import Settings
@@ -22,7 +22,7 @@ from tests.conftest import Tenant, create_account, create_contact, create_lead, 
 
 
 def _driver_reads_on(client: TestClient[Any]) -> bool:
-    return DRIVER_READS in (client.app.state.read_sessionmaker.kw.get("info") or {})
+    return DRIVER in (client.app.state.read_sessionmaker.kw.get("info") or {})
 
 
 def test_the_read_sessions_use_the_driver_on_postgresql_only(client: TestClient[Any], database_url: str) -> None:
@@ -93,7 +93,7 @@ def test_connections_beyond_the_pool_are_closed_cleanly_after_a_driver_read(
     # One pooled connection and two of overflow: three reads at once open three,
     # and two must be closed when handed back (the pool has room for one).
     engine = create_engine(settings.async_database_url, pool_size=1, autocommit=True)
-    reads = session_factory(engine, publish_on=engine, driver_reads=True)
+    reads = session_factory(engine, publish_on=engine, driver=engine)
 
     async def three_at_once() -> list[Any]:
         async def one(n: int) -> Any:

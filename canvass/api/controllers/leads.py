@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from canvass.api.deps import CurrentActor, Cursor, Db, IfMatch, Limit, SearchText, etag, parse_if_match, to_out
 from canvass.api.problems import PROBLEM_RESPONSES
-from canvass.pipeline.models import Lead
 from canvass.pipeline.schemas import (
     LeadCreate,
     LeadOut,
@@ -33,7 +32,7 @@ LeadSort = Literal["created_at", "-created_at", "updated_at", "-updated_at", "ti
 Search = SearchText  # in the lead's title or its account's name
 
 
-async def _reply(db: AsyncSession, actor: Actor, lead: Lead, status_code: int = 200) -> Response[LeadOut]:
+async def _reply(db: AsyncSession, actor: Actor, lead: service.StoredLead, status_code: int = 200) -> Response[LeadOut]:
     config = await cached_pipeline_config(db, actor.organization_id)
     out = service.to_lead_out(lead, config)
     return Response(out, status_code=status_code, headers={"ETag": etag(out.version)})
@@ -70,7 +69,7 @@ class LeadController(Controller):
     @post(operation_id="createLead", responses=PROBLEM_RESPONSES, status_code=HTTP_201_CREATED)
     async def create_lead(self, db: Db, actor: CurrentActor, data: JSONBody[LeadCreate]) -> Response[LeadOut]:
         """Create a lead in `prospecting`. The id may be made by the client (UUIDv7)."""
-        lead = await service.create_lead(db, actor, data)
+        lead = await service.create_lead_now(db, actor, data)
         return await _reply(db, actor, lead, HTTP_201_CREATED)
 
     @get("/{lead_id:uuid}", operation_id="getLead", responses=PROBLEM_RESPONSES)
@@ -98,7 +97,7 @@ class LeadController(Controller):
     ) -> Response[LeadOut]:
         """Move the lead forward. Refused with 409 naming the rule when a gate is
         not met (e.g. `gate.qualify.score`) or the move skips a stage (`stage.order`)."""
-        lead = await service.move_stage(db, actor, lead_id, data, if_match=parse_if_match(if_match))
+        lead = await service.move_stage_now(db, actor, lead_id, data, if_match=parse_if_match(if_match))
         return await _reply(db, actor, lead)
 
     @post("/{lead_id:uuid}/outcome", operation_id="recordLeadOutcome", responses=PROBLEM_RESPONSES, status_code=200)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, Uuid, bindparam, func, or_, select
+from sqlalchemy import Integer, Select, Table, Uuid, bindparam, func, insert, null, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canvass.db import read_rows, utcnow
+from canvass.db import AloneWrites, alone_writes, read_rows, utcnow, with_column_defaults, write_alone
 from canvass.errors import AlreadyExists, InvalidReference, NotFound
 from canvass.ids import new_id
 from canvass.pipeline import stage_summary, stages
@@ -54,6 +54,11 @@ LEAD_SORTS: dict[str, SortKey] = {
     "title": SortKey(Lead.title),
     "-title": SortKey(Lead.title, descending=True),
 }
+
+
+# A lead as written or read: the ORM object, a row of `_lead_out_columns()`, or
+# its columns by name (what `to_lead_out` takes).
+StoredLead = Lead | Row[Any] | Sequence[Any] | Mapping[str, Any]
 
 
 class LeadFilters(msgspec.Struct, kw_only=True):
@@ -172,6 +177,33 @@ async def _check_references(
             raise InvalidReference("The primary contact must belong to the lead's account.", field="primary_contact_id")
 
 
+def _history_row(
+    actor: Actor,
+    lead: Callable[[str], Any],
+    *,
+    from_stage: str | None,
+    at: dt.datetime,
+    from_stage_entered_at: dt.datetime | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The stage change to append to a lead's history; ``lead`` reads the lead's
+    fields as they are after the change."""
+    return {
+        "organization_id": lead("organization_id"),
+        "lead_id": lead("id"),
+        "from_stage": from_stage,
+        "to_stage": lead("stage"),
+        "status": lead("status"),
+        "amount": lead("amount"),
+        "at": at,
+        "from_stage_entered_at": from_stage_entered_at,
+        "by_user_id": actor.user_id,
+        "by_device_id": actor.device_id,
+        "note": note,
+        "imported": False,
+    }
+
+
 def _record_change(
     session: AsyncSession,
     actor: Actor,
@@ -181,28 +213,24 @@ def _record_change(
     at: dt.datetime,
     from_stage_entered_at: dt.datetime | None = None,
     note: str | None = None,
-    imported: bool = False,
 ) -> StageChange:
-    change = StageChange(
-        organization_id=lead.organization_id,
-        lead_id=lead.id,
-        from_stage=from_stage,
-        to_stage=lead.stage,
-        status=lead.status,
-        amount=lead.amount,
-        at=at,
-        from_stage_entered_at=from_stage_entered_at,
-        by_user_id=actor.user_id,
-        by_device_id=actor.device_id,
-        note=note,
-        imported=imported,
+    row = _history_row(
+        actor, _fields_of(lead), from_stage=from_stage, at=at, from_stage_entered_at=from_stage_entered_at, note=note
     )
+    change = StageChange(**row)
     session.add(change)
     stage_summary.apply_to(lead, from_stage, at)  # the summary the funnel reports read
     return change
 
 
-async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, at: dt.datetime | None = None) -> Lead:
+def _fields_of(lead: Lead) -> Callable[[str], Any]:
+    return functools.partial(getattr, lead)
+
+
+async def _new_lead(
+    session: AsyncSession, actor: Actor, data: LeadCreate, at: dt.datetime | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a new lead; its row and its first history row (``created``)."""
     owner_id = data.owner_id or actor.user_id
     if owner_id != actor.user_id:
         await check_owner(session, actor, owner_id)
@@ -210,27 +238,65 @@ async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, 
     if data.id is not None and await exists(session, Lead, (actor.organization_id, data.id)):
         raise AlreadyExists(f"Lead {data.id} already exists.", id=str(data.id))
     now = at or utcnow()
-    fields = msgspec.to_builtins(data, builtin_types=(uuid.UUID, dt.date))
-    fields.update(
+    lead = msgspec.to_builtins(data, builtin_types=(uuid.UUID, dt.date))
+    lead.update(
+        id=data.id or new_id(),
+        organization_id=actor.organization_id,
         owner_id=owner_id,
         # JSON columns hold plain JSON: dates inside them become ISO strings.
         qualification=msgspec.to_builtins(data.qualification) if data.qualification else {},
         visit_plan=msgspec.to_builtins(data.visit_plan) if data.visit_plan else {},
-    )
-    fields["id"] = data.id or new_id()  # known now, so the history row can refer to it
-    lead = Lead(
-        organization_id=actor.organization_id,
         stage=Stage.PROSPECTING.value,
         status=LeadStatus.OPEN.value,
         stage_entered_at=now,
         created_at=now,
         updated_at=now,
-        **fields,
     )
-    session.add(lead)
-    _record_change(session, actor, lead, from_stage=None, at=now, note="created")
+    lead.update(stage_summary.apply_change(lead.get, None, lead["stage"], lead["status"], now))
+    return lead, _history_row(actor, lead.get, from_stage=None, at=now, note="created")
+
+
+async def create_lead(session: AsyncSession, actor: Actor, data: LeadCreate, *, at: dt.datetime | None = None) -> Lead:
+    """Create a lead in ``prospecting``, in the session's transaction."""
+    return await _add_lead(session, *await _new_lead(session, actor, data, at))
+
+
+async def _add_lead(session: AsyncSession, lead_row: dict[str, Any], change_row: dict[str, Any]) -> Lead:
+    lead = Lead(**lead_row)
+    session.add_all((lead, StageChange(**change_row)))
     await session.flush()  # one flush: both rows in one unit of work
     return lead
+
+
+async def create_lead_now(session: AsyncSession, actor: Actor, data: LeadCreate) -> StoredLead:
+    """``create_lead`` for a request of its own (REST). Where it can, the lead
+    and its first history row are written by one statement that commits by
+    itself (``canvass.db.write_alone``); else through the session."""
+    lead_row, change_row = await _new_lead(session, actor, data, None)
+    if alone_writes(session) is None:
+        return await _add_lead(session, lead_row, change_row)
+    lead_row = with_column_defaults(_LEADS, lead_row)
+    params = {f"lead_{k}": v for k, v in lead_row.items()}
+    params.update((f"change_{k}", v) for k, v in with_column_defaults(_CHANGES, change_row).items())
+    await write_alone(session, _create_statement(), params, actor.organization_id)
+    return lead_row
+
+
+_LEADS: Table = Lead.__table__  # type: ignore[assignment]
+_CHANGES: Table = StageChange.__table__  # type: ignore[assignment]
+
+
+@functools.cache
+def _create_statement() -> Select[Any]:
+    """A lead and its first history row in one statement, every column bound."""
+    lead = (
+        insert(_LEADS)
+        .values({c.key: bindparam(f"lead_{c.key}", type_=c.type) for c in _LEADS.columns})
+        .returning(_LEADS.c.id)
+        .cte("new_lead")
+    )
+    change = insert(_CHANGES).values({c.key: bindparam(f"change_{c.key}", type_=c.type) for c in _CHANGES.columns})
+    return select(lead.c.id).add_cte(change.cte("new_change"))
 
 
 async def update_lead(
@@ -273,7 +339,9 @@ def _fact_columns(org: Any, lead_id: Any) -> tuple[Any, ...]:
         .where(
             Activity.organization_id == org,
             Activity.lead_id == lead_id,
-            Activity.kind.in_(("visit", "meeting")),
+            # Not IN (…): its list is expanded when a session executes, and
+            # `read_rows` runs the statement as compiled.
+            or_(Activity.kind == "visit", Activity.kind == "meeting"),
             or_(Activity.check_in_at.is_not(None), Activity.completed_at.is_not(None)),
         )
         .scalar_subquery()
@@ -302,18 +370,21 @@ def _locked_lead_with_facts(actor: Actor) -> Select[Any]:
     )
 
 
-def _facts(lead: Lead, counts: Sequence[Any]) -> tuple[stages.LeadFacts, PipelineConfig]:
+def _facts(lead: Callable[[str], Any], counts: Sequence[Any]) -> tuple[stages.LeadFacts, PipelineConfig]:
+    """What the stage rules judge a lead by (``lead`` reads its fields) and its
+    organization's configuration; ``counts``: the `_fact_columns` read with it."""
+    lost_at_stage = lead("lost_at_stage")
     facts = stages.LeadFacts(
-        stage=Stage(lead.stage),
-        status=LeadStatus(lead.status),
-        has_account=lead.account_id is not None,
-        has_primary_contact=lead.primary_contact_id is not None,
-        qualification=lead.qualification or {},
+        stage=Stage(lead("stage")),
+        status=LeadStatus(lead("status")),
+        has_account=lead("account_id") is not None,
+        has_primary_contact=lead("primary_contact_id") is not None,
+        qualification=lead("qualification") or {},
         completed_visits=counts[0],
-        quoted_amount=lead.amount,
+        quoted_amount=lead("amount"),
         objections_raised=counts[1],
         open_objections=counts[2],
-        lost_at_stage=Stage(lead.lost_at_stage) if lead.lost_at_stage else None,
+        lost_at_stage=Stage(lost_at_stage) if lost_at_stage else None,
     )
     return facts, decode_config(counts[3])
 
@@ -322,7 +393,7 @@ async def lead_facts(session: AsyncSession, lead: Lead) -> tuple[stages.LeadFact
     """Gather what the stage rules need — the lead's activity and objection
     counts and the organization's current configuration — in one round trip."""
     params = {"org": lead.organization_id, "lead_id": lead.id}
-    return _facts(lead, (await session.execute(_facts_statement(), params)).one())
+    return _facts(_fields_of(lead), (await session.execute(_facts_statement(), params)).one())
 
 
 async def _lead_for_rules(
@@ -338,20 +409,20 @@ async def _lead_for_rules(
             raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
         lead = row[0]
         check_version(lead.version, if_match)
-        facts, config = _facts(lead, row[1:])
+        facts, config = _facts(_fields_of(lead), row[1:])
         return lead, facts, config
     check_version(lead.version, if_match)
     facts, config = await lead_facts(session, lead)
     return lead, facts, config
 
 
-def _business_time(given: dt.datetime | None, lead: Lead) -> dt.datetime:
+def _business_time(given: dt.datetime | None, stage_entered_at: dt.datetime) -> dt.datetime:
     """When a move or outcome happened: the time given (a device records it
     offline, with its own clock), but never before the lead entered its current
     stage, so time in a stage is never negative."""
     if given is None:
         return utcnow()
-    return max(given, lead.stage_entered_at)
+    return max(given, stage_entered_at)
 
 
 async def _write_history(
@@ -364,13 +435,39 @@ async def _write_history(
     at: dt.datetime,
     note: str | None,
 ) -> Lead:
-    """After a move, outcome or reopen: restart the stage clock if the stage
+    """After an outcome or reopen: restart the stage clock if the stage
     changed, and append the history row."""
     if lead.stage != from_stage:
         lead.stage_entered_at = at
     _record_change(session, actor, lead, from_stage=from_stage, at=at, from_stage_entered_at=entered, note=note)
     await session.flush()
     return lead
+
+
+def _planned_move(
+    actor: Actor, lead: Callable[[str], Any], facts: stages.LeadFacts, config: PipelineConfig, move: StageMove
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stage move, if the rules allow it: the lead's columns it changes (the
+    stage summary with them) and the history row it appends. ``lead`` reads
+    the lead's fields as they are before the move."""
+    stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
+    from_stage, entered = lead("stage"), lead("stage_entered_at")
+    at = _business_time(move.at, entered)
+    changes: dict[str, Any] = {"stage": move.to_stage.value}
+    if move.override_reason and from_stage == Stage.QUALIFY.value:
+        score = stages.qualification_score(facts.qualification)
+        if score is None or score < config.gates.qualify.threshold:
+            changes["qualification_override_reason"] = move.override_reason
+    if changes["stage"] != from_stage:
+        changes["stage_entered_at"] = at  # the stage clock restarts
+
+    def after(name: str) -> Any:
+        return changes[name] if name in changes else lead(name)
+
+    changes.update(stage_summary.apply_change(after, from_stage, after("stage"), after("status"), at))
+    note = move.note or move.override_reason
+    history = _history_row(actor, after, from_stage=from_stage, at=at, from_stage_entered_at=entered, note=note)
+    return changes, history
 
 
 async def move_stage(
@@ -383,18 +480,106 @@ async def move_stage(
     config: PipelineConfig | None = None,
     locked: Lead | None = None,
 ) -> Lead:
+    """Move a lead to another stage, in the session's transaction, the lead
+    locked from the read to the commit."""
     lead, facts, current = await _lead_for_rules(session, actor, lead_id, if_match, locked)
-    config = config or current
-    stages.check_move(facts, move.to_stage, config, role=actor.role, override_reason=move.override_reason)
-    at = _business_time(move.at, lead)
-    from_stage, entered = lead.stage, lead.stage_entered_at
-    if move.override_reason and from_stage == Stage.QUALIFY.value:
-        score = stages.qualification_score(facts.qualification)
-        if score is None or score < config.gates.qualify.threshold:
-            lead.qualification_override_reason = move.override_reason
-    lead.stage = move.to_stage.value
-    note = move.note or move.override_reason
-    return await _write_history(session, actor, lead, from_stage=from_stage, entered=entered, at=at, note=note)
+    changes, history = _planned_move(actor, _fields_of(lead), facts, config or current, move)
+    for name, value in changes.items():
+        setattr(lead, name, value)
+    session.add(StageChange(**history))
+    await session.flush()
+    return lead
+
+
+# How many times a move that commits alone reads, judges and writes before it
+# waits for the lead's lock instead (the lead changed between its read and write).
+_OPTIMISTIC_TRIES = 2
+
+
+async def move_stage_now(
+    session: AsyncSession, actor: Actor, lead_id: uuid.UUID, move: StageMove, *, if_match: int | None = None
+) -> StoredLead:
+    """``move_stage`` for a request of its own (REST). Where it can, the move
+    takes no lock: it reads the lead with its facts, judges the move, and
+    writes the lead and its history row in one statement that commits by itself
+    (``canvass.db.write_alone``) only if the lead's version is still the one it
+    judged — two round trips instead of five. If the lead changed meanwhile it
+    judges again; after `_OPTIMISTIC_TRIES` it takes the locking path."""
+    hooks = alone_writes(session)
+    if hooks is not None:
+        for _ in range(_OPTIMISTIC_TRIES):
+            moved = await _move_alone(session, hooks, actor, lead_id, move, if_match)
+            if moved is not None:
+                return moved
+    return await move_stage(session, actor, lead_id, move, if_match=if_match)
+
+
+async def _move_alone(
+    session: AsyncSession, hooks: AloneWrites, actor: Actor, lead_id: uuid.UUID, move: StageMove, if_match: int | None
+) -> Sequence[Any] | None:
+    """One optimistic try of `move_stage_now`: the lead as moved, or None if it
+    changed between the read and the write."""
+    rows = await read_rows(session, _lead_with_facts(actor), {"lead_id": lead_id})
+    if not rows:
+        raise NotFound(f"No lead {lead_id}.", resource="lead", id=str(lead_id))
+    width = len(_LEADS.columns)  # the lead's columns, then its facts
+    lead = dict(zip(_LEADS.columns.keys(), rows[0][:width], strict=True)).__getitem__
+    check_version(lead("version"), if_match)
+    facts, config = _facts(lead, rows[0][width:])
+    changes, history = _planned_move(actor, lead, facts, config, move)
+    changed = [name for name, value in changes.items() if value != lead(name)]
+    params = {f"set_{name}": value for name, value in changes.items()}
+    params.update((f"change_{k}", v) for k, v in with_column_defaults(_CHANGES, history).items())
+    params.update(
+        org=actor.organization_id,
+        lead_id=lead_id,
+        read_version=lead("version"),
+        now=utcnow(),
+        field_versions=hooks.field_versions(session, lead("field_versions"), changed, lead("version") + 1),
+    )
+    moved = await write_alone(session, _move_statement(tuple(sorted(changes))), params, actor.organization_id)
+    return moved[0] if moved else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _lead_with_facts(actor: Actor) -> Select[Any]:
+    """Every column of the lead in the actor's scope, and its facts, not
+    locked: `move_stage_now` guards its write on the version instead."""
+    return select(*_LEADS.columns, *_fact_columns(Lead.organization_id, Lead.id)).where(
+        Lead.id == bindparam("lead_id"), lead_scope(actor)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _move_statement(columns: tuple[str, ...]) -> Select[Any]:
+    """A stage move as one statement: the lead's UPDATE, only if its version is
+    still the one the move was judged on, and the history row, only if the
+    UPDATE wrote. Returns the lead as moved (`_lead_out_columns`), or nothing.
+    Built once per set of changed ``columns``; every value bound."""
+    leads = _LEADS.c
+    values: dict[str, Any] = {name: bindparam(f"set_{name}", type_=leads[name].type) for name in columns}
+    values.update(
+        version=leads.version + 1,
+        updated_at=bindparam("now", type_=leads.updated_at.type),
+        server_version=null(),  # written, not yet published (canvass/sync/feed.py)
+        field_versions=bindparam("field_versions", type_=leads.field_versions.type),
+    )
+    moved = (
+        update(_LEADS)
+        .where(
+            leads.organization_id == bindparam("org", type_=Uuid),
+            leads.id == bindparam("lead_id", type_=Uuid),
+            leads.version == bindparam("read_version", type_=Integer),
+        )
+        .values(values)
+        .returning(*_lead_out_columns())
+        .cte("moved")
+    )
+    history = insert(_CHANGES).from_select(
+        [c.key for c in _CHANGES.columns],
+        select(*(bindparam(f"change_{c.key}", type_=c.type) for c in _CHANGES.columns)).select_from(moved),
+    )
+    return select(*moved.c).add_cte(history.cte("history"))
 
 
 async def record_outcome(
@@ -409,7 +594,7 @@ async def record_outcome(
     lead, facts, _ = await _lead_for_rules(session, actor, lead_id, if_match, locked)
     amount = record.amount if record.amount is not None else lead.amount
     stages.check_outcome(facts, record.outcome, amount=amount, reason=record.loss_reason)
-    at = _business_time(record.at, lead)
+    at = _business_time(record.at, lead.stage_entered_at)
     from_stage, entered = lead.stage, lead.stage_entered_at
     lead.status = record.outcome.value
     lead.closed_at = at
@@ -499,11 +684,14 @@ def _lead_out_columns() -> tuple[Any, ...]:
     return tuple(Lead.__table__.c[name] for name in _LEAD_STORED_FIELDS)
 
 
-def to_lead_out(lead: Lead | Row[Any] | Sequence[Any], config: PipelineConfig | None = None) -> LeadOut:
+def to_lead_out(lead: StoredLead, config: PipelineConfig | None = None) -> LeadOut:
     """The response shape of a lead, with its derived probability and score.
-    A plain sequence is a row of `_lead_out_columns()`, in that order."""
+    A plain sequence is a row of `_lead_out_columns()`, in that order; a
+    mapping has every stored field by name."""
     if isinstance(lead, Lead):
         stored = {name: getattr(lead, name) for name in _LEAD_STORED_FIELDS}
+    elif isinstance(lead, Mapping):
+        stored = {name: lead[name] for name in _LEAD_STORED_FIELDS}
     elif isinstance(lead, Row) and lead._fields != _LEAD_STORED_FIELDS:
         values = lead._asdict()
         stored = {name: values[name] for name in _LEAD_STORED_FIELDS}
