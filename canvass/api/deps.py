@@ -32,7 +32,8 @@ async def provide_db(state: State, request: Request[Any, Any, Any]) -> AsyncIter
     async with state.sessionmaker() as session:
         try:
             yield session
-            await session.commit()
+            if session.in_transaction():  # not when the write committed alone (canvass.db.write_alone)
+                await session.commit()
         except BaseException:
             await session.rollback()
             raise
