@@ -7,10 +7,12 @@ and PostgreSQL (production, Citus-ready: every tenant table is keyed by
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -178,6 +180,47 @@ class AloneWrites(Protocol):
     def committed(self, database: str, organization_id: uuid.UUID) -> None:
         """A write of the tenant's synced rows committed on ``database``."""
         ...
+
+
+class WriteTurns:
+    """The order in which this process's write transactions use the database.
+
+    SQLite has one writer at a time. Left to SQLite, waiting writers poll its
+    lock in the busy handler, sleeping longer at each try (up to 100 ms), so a
+    late writer often passes an early one: measured, `POST /leads` from 32
+    connections had a p99 of 2.4–2.9 s. Here the process's writers take turns in
+    the order they came (an asyncio lock) and only the one whose turn it is asks
+    SQLite (p99 95 ms, same run); the busy timeout still covers other processes.
+    PostgreSQL's writers run side by side: nothing to hold."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def turn(self, session: AsyncSession) -> AsyncIterator[None]:
+        """Wait for this session's turn, and hold it until its transaction ends
+        (commit or rollback) or the block does, whichever is first: a handler
+        that commits and then waits (a sync push, for its publication) lets the
+        next writer in."""
+        lock = self._lock
+        if lock is None:
+            yield
+            return
+        await lock.acquire()
+        held = True
+
+        def end(_session: Any = None, transaction: Any = None) -> None:
+            nonlocal held
+            if held and (transaction is None or transaction.parent is None):  # a savepoint is not the end
+                held = False
+                lock.release()
+
+        event.listen(session.sync_session, "after_transaction_end", end)
+        try:
+            yield
+        finally:
+            event.remove(session.sync_session, "after_transaction_end", end)
+            end()
 
 
 def session_factory(

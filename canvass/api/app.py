@@ -36,7 +36,7 @@ from canvass.api.controllers.sync import ConflictController, SyncController
 from canvass.api.deps import provide_actor, provide_db
 from canvass.api.problems import exception_handlers
 from canvass.api.security import build_jwt_auth
-from canvass.db import create_engine, session_factory
+from canvass.db import WriteTurns, create_engine, session_factory
 from canvass.forecasting import history_cache
 from canvass.settings import Settings, get_settings
 from canvass.sync import feed, warm  # feed: publishes every write to the change feed
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
         # statement on an autocommit connection (canvass.db.write_alone).
         app.state.sessionmaker = session_factory(db_engine, driver=read_engine, alone_writes=feed.ALONE_WRITES)
         app.state.read_sessionmaker = session_factory(read_engine, publish_on=db_engine, driver=read_engine)
+        app.state.write_turns = WriteTurns(db_engine)
         app.state.publisher = feed.Publisher(app.state.sessionmaker)
         publisher = asyncio.create_task(app.state.publisher.run(), name="canvass-feed-publisher")
         # Large tenants' forecast history from their snapshots, before the first forecast asks.

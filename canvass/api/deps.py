@@ -24,12 +24,13 @@ async def provide_db(state: State, request: Request[Any, Any, Any]) -> AsyncIter
 
     Reads (GET) run without BEGIN/COMMIT: at READ COMMITTED each statement sees
     its own snapshot either way, and a single-query read then costs one round
-    trip instead of three."""
+    trip instead of three. Writes take their turn first (`canvass.db.WriteTurns`:
+    SQLite's single writer, in arrival order)."""
     if request.method == "GET":
         async with state.read_sessionmaker() as session:
             yield session
         return
-    async with state.sessionmaker() as session:
+    async with state.sessionmaker() as session, state.write_turns.turn(session):
         try:
             yield session
             if session.in_transaction():  # not when the write committed alone (canvass.db.write_alone)
