@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from litestar.testing import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from canvass.errors import CanvassError
 from canvass.forecasting import history_cache
@@ -356,7 +356,7 @@ def test_a_backtest_is_reused_on_the_same_version_only(client: TestClient[Any], 
 
 
 def _snapshots(directory: Any) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock"))  # the turns' files stay
 
 
 def test_a_new_process_loads_the_snapshot_and_splices_the_writes_since(
@@ -489,8 +489,78 @@ def test_a_starting_process_warms_the_tenants_of_its_database_from_their_snapsho
     real = history_cache._built
     monkeypatch.setattr(history_cache, "_built", lambda *args: built.append(True) or real(*args))
     history_cache.clear()
+    monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 10**9)  # no tenant to read whole: snapshots only
     run(client, history_cache.warm, client.app.state.read_sessionmaker)
     [(_, organization)] = list(history_cache._cache.entries)  # this tenant only: no snapshot of the other
     assert organization == tenant.organization_id and built == []
     entry = run(client, _compare, client, tenant)  # the warmed entry is current: the same arrays as a read
     assert entry.refresh.startswith(("patch:", "unchanged:")) and entry.version > first.version and built == []
+
+
+def test_a_starting_process_reads_a_large_tenant_without_a_snapshot_and_writes_one(
+    client: TestClient[Any], tenant: Tenant, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(history_cache, "SNAPSHOT_DIR", str(tmp_path))
+    monkeypatch.setattr(history_cache, "MAX_TENANTS", 10_000)  # every tenant of the shared test database fits
+    monkeypatch.setattr(history_cache, "MAX_CACHED_LEADS", 10**9)
+    run(client, _load, client, tenant)
+    monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 40)  # this tenant's leads: it is large
+
+    async def large() -> list[tuple[uuid.UUID, int]]:
+        async with client.app.state.read_sessionmaker() as session:
+            found = await history_cache._large_tenants(session)
+            counts = [
+                await session.scalar(select(func.count()).select_from(Lead).where(Lead.organization_id == org))
+                for org in found
+            ]
+        return list(zip(found, counts, strict=True))
+
+    found = run(client, large)
+    assert tenant.organization_id in [org for org, _ in found]
+    assert all(n >= 40 for _, n in found) and [n for _, n in found] == sorted((n for _, n in found), reverse=True)
+
+    key = (
+        client.app.state.read_sessionmaker.kw["bind"].url.render_as_string(hide_password=True),
+        tenant.organization_id,
+    )
+    history_cache.clear()
+    run(client, history_cache.warm, client.app.state.read_sessionmaker)  # waits for the snapshots it writes
+    warmed = history_cache._cache.entries[key]
+    assert warmed.refresh == "full" and os.path.exists(history_cache._snapshot_path(str(tmp_path), key))
+    assert run(client, _compare, client, tenant) is warmed  # current: the request reads nothing
+
+    history_cache.clear()  # the next process of the machine
+    run(client, history_cache.warm, client.app.state.read_sessionmaker)
+    assert history_cache._cache.entries[key].refresh == "snapshot"
+
+
+def test_the_processes_of_a_machine_take_turns_to_read_a_tenant_whole(
+    client: TestClient[Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """An exclusive flock per open file: two turns in one process exclude each other as two
+    processes' would. A turn handed to a snapshot write ends when the write does."""
+    monkeypatch.setattr(history_cache, "SNAPSHOT_DIR", str(tmp_path))
+    key = ("postgresql://somewhere/db", uuid.uuid4())
+
+    async def scenario() -> list[str]:
+        log: list[str] = []
+        write: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def second() -> None:
+            async with history_cache._machine_turn(key) as turn:
+                assert turn is not None
+                log.append("second")
+
+        async with history_cache._machine_turn(key) as turn:
+            assert turn is not None
+            waiting = asyncio.create_task(second())
+            await asyncio.sleep(0.3)
+            log.append("first read")
+            turn.until(write)
+        await asyncio.sleep(0.3)
+        log.append("first left, writing")
+        write.set_result(None)
+        await asyncio.wait_for(waiting, 5)
+        return log
+
+    assert run(client, scenario) == ["first read", "first left, writing", "second"]
