@@ -384,10 +384,18 @@ async def warm(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         )
     )
     for organization in tenants[:MAX_TENANTS]:
+        started = time.monotonic()
         try:
             async with sessionmaker() as session, queries.analytic_settings(session):
-                await tenant_history(session, organization)
+                entry = await tenant_history(session, organization)
             await snapshots_written()  # one tenant's arrays at a time in the writer's hands
+            log.info(
+                "history of tenant %s warm: %d leads, %s, %.1f s",
+                organization,
+                entry.n_leads,
+                entry.refresh,
+                time.monotonic() - started,
+            )
         except Exception:  # the first forecast will try again and report what fails
             log.warning("warming the history of tenant %s failed", organization, exc_info=True)
 
