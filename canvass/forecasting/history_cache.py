@@ -375,7 +375,11 @@ async def warm(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         return
     async with sessionmaker() as session:
         database = session.get_bind().engine.url.render_as_string(hide_password=True)
-        large = await _large_tenants(session)
+        try:
+            large = await _large_tenants(session)
+        except Exception:  # e.g. a database not migrated yet: nothing to warm, the server still starts
+            log.warning("could not list the tenants to warm", exc_info=True)
+            large = []
     headers = await anyio.to_thread.run_sync(_snapshot_headers, directory) if os.path.isdir(directory) else []
     tenants = list(
         dict.fromkeys(
