@@ -489,7 +489,7 @@ def test_a_starting_process_warms_the_tenants_of_its_database_from_their_snapsho
     real = history_cache._built
     monkeypatch.setattr(history_cache, "_built", lambda *args: built.append(True) or real(*args))
     history_cache.clear()
-    monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 10**9)  # no tenant to read whole: snapshots only
+    monkeypatch.setattr(history_cache, "WARM_READ_MIN_LEADS", 10**9)  # no tenant to read whole: snapshots only
     run(client, history_cache.warm, client.app.state.read_sessionmaker)
     [(_, organization)] = list(history_cache._cache.entries)  # this tenant only: no snapshot of the other
     assert organization == tenant.organization_id and built == []
@@ -505,6 +505,7 @@ def test_a_starting_process_reads_a_large_tenant_without_a_snapshot_and_writes_o
     monkeypatch.setattr(history_cache, "MAX_CACHED_LEADS", 10**9)
     run(client, _load, client, tenant)
     monkeypatch.setattr(history_cache, "SNAPSHOT_MIN_LEADS", 40)  # this tenant's leads: it is large
+    monkeypatch.setattr(history_cache, "WARM_READ_MIN_LEADS", 40)
 
     async def large() -> list[tuple[uuid.UUID, int]]:
         async with client.app.state.read_sessionmaker() as session:
