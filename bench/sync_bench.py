@@ -924,7 +924,7 @@ def main() -> None:
         "--pool-size",
         type=int,
         default=16,
-        help="the server's CANVASS_DB_POOL_SIZE (per pool; each worker has two, each with a quarter as overflow)",
+        help="the server's CANVASS_DB_POOL_SIZE (each worker's write pool; its read pool is 1.5x)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database (to EXPLAIN it)")
     parser.add_argument(

@@ -82,12 +82,12 @@ def create_app(settings: Settings | None = None, engine: AsyncEngine | None = No
         db_engine = engine or create_engine(settings.async_database_url, pool_size=settings.db_pool_size)
         # Reads get their own pool of autocommit connections (no BEGIN/COMMIT
         # round trips, and no isolation-level switching on every checkout).
-        read_engine = create_engine(settings.async_database_url, pool_size=settings.db_pool_size, autocommit=True)
+        read_engine = create_engine(settings.async_database_url, pool_size=settings.read_pool_size, autocommit=True)
         # Every pooled connection opened and its backend's catalog caches filled
         # now, not by the first minute of load (canvass/sync/warm.py).
         try:
-            for pool in (db_engine, read_engine):
-                await warm.warm_connections(pool, settings.db_pool_size)
+            for pool, size in ((db_engine, settings.db_pool_size), (read_engine, settings.read_pool_size)):
+                await warm.warm_connections(pool, size)
         except (OSError, DBAPIError) as exc:  # the database may come up after us
             log.warning("could not warm the database connections at start: %s", exc)
         # On PostgreSQL a REST create or stage move may commit alone, as one

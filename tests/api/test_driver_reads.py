@@ -13,8 +13,9 @@ import pytest
 from litestar.testing import TestClient
 from sqlalchemy import literal, literal_column, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from canvass.db import DRIVER, create_engine, read_rows, session_factory
+from canvass.db import DRIVER, read_rows, session_factory
 from canvass.pipeline.models import Lead
 from canvass.pipeline.services import leads as service
 from canvass.settings import Settings
@@ -90,9 +91,10 @@ def test_a_database_error_on_the_driver_is_the_sessions_error_type(client: TestC
 def test_connections_beyond_the_pool_are_closed_cleanly_after_a_driver_read(
     client: TestClient[Any], settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # One pooled connection and two of overflow: three reads at once open three,
-    # and two must be closed when handed back (the pool has room for one).
-    engine = create_engine(settings.async_database_url, pool_size=1, autocommit=True)
+    # One pooled connection and two of overflow (the API's pools have none, a
+    # deployment's may): three reads at once open three, and two must be closed
+    # when handed back (the pool has room for one).
+    engine = create_async_engine(settings.async_database_url, pool_size=1, max_overflow=2, isolation_level="AUTOCOMMIT")
     reads = session_factory(engine, publish_on=engine, driver=engine)
 
     async def three_at_once() -> list[Any]:
