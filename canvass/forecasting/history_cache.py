@@ -46,8 +46,8 @@ from the file's version, so only a tenant's first read ever (or one past ``FULL_
 writes since the file) reads everything: at 1,000,000 leads the load and a splice of a few hundred
 leads take ~0.6 s against 5-27 s for the whole read. ``warm`` does that at start-up, and reads
 a tenant of ``WARM_READ_MIN_LEADS`` or more with no snapshot yet (a bulk import, a new machine)
-whole then, so that no request pays for it; the processes of one machine take turns for a whole read, so the others
-load the snapshot the first one writes.
+whole then, so that no request pays for it; the processes of one machine take turns for a
+whole read, so the others load the snapshot the first one writes.
 
 Concurrency: the cache is read and replaced on the event loop; one ``asyncio.Lock`` per tenant
 makes a second request wait for the first one's refresh instead of reading everything again. An
@@ -152,7 +152,7 @@ def clear() -> None:
 
 async def tenant_history(session: AsyncSession, organization_id: uuid.UUID) -> TenantHistory:
     """The tenant's whole history as of (at least) its current change-feed version."""
-    key = (session.get_bind().engine.url.render_as_string(hide_password=True), organization_id)
+    key = (_database(session), organization_id)
     async with _cache.lock(key):
         entry = _cache.get(key)
         if entry is not None:
@@ -164,13 +164,19 @@ async def tenant_history(session: AsyncSession, organization_id: uuid.UUID) -> T
             return await _refreshed(session, key, await _load_snapshot(session, key), turn)
 
 
+def _database(session: AsyncSession) -> str:
+    """The database part of a cache key (and of a snapshot's header)."""
+    return session.get_bind().engine.url.render_as_string(hide_password=True)
+
+
 async def _refreshed(
     session: AsyncSession, key: tuple[str, uuid.UUID], entry: TenantHistory | None, turn: _Turn | None = None
 ) -> TenantHistory:
     organization_id = key[1]
     clock = await _clock(session, organization_id)
     if entry is not None and entry.version == clock:
-        _cache.put(key, entry)
+        if _cache.entries.get(key) is not entry:  # just loaded from its snapshot
+            _cache.put(key, entry)
         return entry
     fresh: TenantHistory | None = None
     if entry is not None and entry.version < clock:
@@ -380,24 +386,20 @@ async def warm(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     if directory is None:
         return
     async with sessionmaker() as session:
-        database = session.get_bind().engine.url.render_as_string(hide_password=True)
+        database = _database(session)
         try:
-            large = await _large_tenants(session)
+            large = [str(organization) for organization in await _large_tenants(session)]
         except Exception:  # e.g. a database not migrated yet: nothing to warm, the server still starts
             log.warning("could not list the tenants to warm", exc_info=True)
             large = []
     headers = await anyio.to_thread.run_sync(_snapshot_headers, directory) if os.path.isdir(directory) else []
-    tenants = list(
-        dict.fromkeys(
-            [uuid.UUID(h["organization"]) for h in headers if h.get("database") == database and "organization" in h]
-            + large
-        )
-    )
+    snapshotted = [h["organization"] for h in headers if h.get("database") == database and "organization" in h]
+    tenants = list(dict.fromkeys(snapshotted + large))
     for organization in tenants[:MAX_TENANTS]:
         started = time.monotonic()
         try:
             async with sessionmaker() as session, queries.analytic_settings(session):
-                entry = await tenant_history(session, organization)
+                entry = await tenant_history(session, uuid.UUID(organization))
             await snapshots_written()  # one tenant's arrays at a time in the writer's hands
             log.info(
                 "history of tenant %s warm: %d leads, %s, %.1f s",
@@ -412,7 +414,7 @@ async def warm(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
 
 async def _large_tenants(session: AsyncSession) -> list[uuid.UUID]:
     """Tenants with at least ``WARM_READ_MIN_LEADS`` leads, the largest first, as many as the
-    cache holds (an index-only count: ~0.1 s at 1,000,000 leads)."""
+    cache holds: one grouped count of the leads per worker start."""
     count = func.count()
     rows = await session.execute(
         select(Lead.organization_id)
@@ -431,8 +433,8 @@ class _Turn:
     later; past ``TURN_WAIT_SECONDS`` a process reads without it (a stuck holder costs one
     read more, no more). Released by the kernel if the holder dies."""
 
-    def __init__(self, handle: int | None) -> None:
-        self._handle = handle
+    def __init__(self, handle: int) -> None:
+        self._handle: int | None = handle
         self._pending: asyncio.Future[None] | None = None
 
     def until(self, write: asyncio.Future[None]) -> None:
@@ -440,7 +442,7 @@ class _Turn:
         self._pending = write
 
     def end(self) -> None:
-        handle, self._handle = self._handle, None
+        handle, self._handle = self._handle, None  # once: the write's callback or the block's end
         if handle is not None:
             os.close(handle)  # releases the flock
 
