@@ -76,9 +76,9 @@ async def _random_writes(client: TestClient[Any], tenant: Tenant, rng: random.Ra
                 await session.scalars(
                     select(Lead.id)
                     .where(Lead.organization_id == admin.organization_id, Lead.deleted_at.is_(None))
-                    # In an order the seed can rely on: the loaded leads by their distinct creation
-                    # times (ids are random within a millisecond, and PostgreSQL's unordered scan
-                    # varies), so a seed's picks, and whether the rules refuse them, repeat.
+                    # A fixed order for the loaded leads (distinct creation times), so a seed's
+                    # first picks repeat from run to run; PostgreSQL's unordered scan varies.
+                    # Leads created by earlier rounds may tie on title, then fall to their ids.
                     .order_by(Lead.created_at, Lead.title, Lead.id)
                 )
             ).all()
@@ -260,6 +260,7 @@ def test_concurrent_requests_for_one_tenant_read_once(
     assert run(client, four) == [40] * 4
     assert reads == [False]  # one full read, the other three waited for it
     monkeypatch.setattr(history_cache, "FULL_REREAD_SHARE", 1.0)
+
     async def one_write() -> None:  # a create: no rule can refuse it, so there is a change to splice
         async with client.app.state.sessionmaker() as session, session.begin():
             await lead_service.create_lead(
