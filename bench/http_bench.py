@@ -142,9 +142,10 @@ async def seed(url: str, leads: int) -> tuple[list[str], list[str]]:
         assert not report.rejected, report.rejected[:3]
     # On PostgreSQL a write is published to the change feed just after its
     # commit, by the writing server's publisher; this process has none, so it
-    # publishes the seed itself. Left unpublished, the server's first write
-    # would publish all of it in one transaction holding every seeded row's
-    # lock for seconds (moves stalled behind it: the 4.6 s p99 of earlier runs).
+    # publishes the seed itself. Left unpublished, the server would publish it
+    # during the first seconds of the load, and the figures would measure that
+    # (before publications came in chunks, one transaction held every seeded
+    # row's lock for seconds: moves stalled behind it, the 4.6 s p99 of earlier runs).
     async with session_factory(engine)() as session:
         await feed.publish_pending(session, org.id)
     # Ids for the load: leads of the manager's reps (the first 10).
