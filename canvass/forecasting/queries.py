@@ -642,8 +642,10 @@ def spare_connection(engine: AsyncEngine) -> bool:
     pool = engine.sync_engine.pool
     if not isinstance(pool, QueuePool):
         return True  # no limit (NullPool: a new connection each time)
-    most = pool._max_overflow
-    return pool.checkedin() > 0 or most < 0 or pool.overflow() < most
+    # Fewer checked out than the pool keeps: one is idle, or may be opened. (Our
+    # PostgreSQL pools have no overflow, ``canvass.db.create_engine``; with one,
+    # this errs on the side of running in turn.)
+    return pool.checkedout() < pool.size()
 
 
 _IDS_PER_STATEMENT = 5000
