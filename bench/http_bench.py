@@ -217,7 +217,9 @@ def parse_wrk(output: str) -> dict[str, Any]:
     }
 
 
-def run_wrk(port: int, script: str, args: list[str], duration: int) -> dict[str, Any]:
+def run_wrk(port: int, script: str | Path, args: list[str], duration: int) -> dict[str, Any]:
+    """wrk as the bars ask (32 connections, 2 threads); ``script``: a file of
+    bench/wrk, or a path."""
     load_before = os.getloadavg()[0]
     command = [
         "wrk", "-t2", "-c32", f"-d{duration}s", "--latency", "--timeout", "5s",
@@ -314,13 +316,18 @@ def bench_database(db: str, leads: int, duration: int, workers: int) -> dict[str
         }
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop(server)
         if db == "postgresql":
             asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """Stop a server started in a session of its own, workers and all."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 async def _pg(statement: str, database: str | None = None) -> None:

@@ -23,7 +23,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from litestar import Litestar, get, post
@@ -43,7 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.http_bench import PG_ADMIN, _pg, free_port, parse_wrk  # noqa: E402
+from bench.http_bench import PG_ADMIN, _pg, free_port, run_wrk, stop  # noqa: E402
 
 
 class Base(DeclarativeBase):
@@ -221,15 +219,6 @@ async def _seed(url: str, rows: int) -> list[str]:
     return [str(i) for i in ids]
 
 
-def _wrk(port: int, script: Path, args: list[str], duration: int) -> dict[str, Any]:
-    command = [
-        "wrk", "-t2", "-c32", f"-d{duration}s", "--latency", "--timeout", "5s",
-        "-s", str(script), f"http://127.0.0.1:{port}", "--", *args,
-    ]  # fmt: skip
-    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=duration + 60)
-    return parse_wrk(done.stdout)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -265,15 +254,15 @@ def main() -> None:
                 raise RuntimeError("the reference server did not start")
             time.sleep(0.3)
         ids_file = str(tmp / "ids.txt")
-        _wrk(port, tmp / "get.lua", [ids_file], 3)  # warm-up
+        run_wrk(port, tmp / "get.lua", [ids_file], 3)  # warm-up
         rounds = []
         for _ in range(args.rounds):
             rounds.append(
                 {
-                    "get": _wrk(port, tmp / "get.lua", [ids_file], args.duration),
-                    "list_50": _wrk(port, tmp / "list.lua", [], args.duration),
-                    "create": _wrk(port, tmp / "create.lua", [], args.duration),
-                    "move": _wrk(port, tmp / "move.lua", [ids_file], args.duration),
+                    "get": run_wrk(port, tmp / "get.lua", [ids_file], args.duration),
+                    "list_50": run_wrk(port, tmp / "list.lua", [], args.duration),
+                    "create": run_wrk(port, tmp / "create.lua", [], args.duration),
+                    "move": run_wrk(port, tmp / "move.lua", [ids_file], args.duration),
                 }
             )
         print(f"{'operation':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
@@ -287,11 +276,7 @@ def main() -> None:
         out.write_text(json.dumps({"rows": args.rows, "workers": args.workers, "rounds": rounds}, indent=2) + "\n")
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop(server)
         asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
