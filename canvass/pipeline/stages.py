@@ -95,13 +95,14 @@ def check_gate(
         if override_reason and role in (Role.MANAGER, Role.ADMIN):
             return
         missing = [c for c in QUALIFICATION_CRITERIA if not isinstance(facts.qualification.get(c), int | float)]
+        standing = (
+            f"The lead's qualification is not scored yet; leaving qualify needs a score of {threshold}"
+            if score is None
+            else f"Qualification score {score} is below the {threshold} that leaving qualify needs"
+        )
         raise RuleViolation(
             "gate.qualify.score",
-            (
-                f"Qualification score {score if score is not None else 'not scored'} is below the "
-                f"threshold {threshold}; score the missing criteria, ask a manager to override "
-                "with a reason, or disqualify the lead."
-            ),
+            f"{standing}: score the missing criteria, ask a manager to override with a reason, or disqualify the lead.",
             score=score,
             threshold=threshold,
             missing=missing,

@@ -77,6 +77,7 @@ def test_each_gate_refuses_with_its_rule_and_what_is_missing() -> None:
         role=Role.REP,
     )
     assert error.extra["score"] == 45 and error.extra["threshold"] == 60
+    assert error.detail.startswith("Qualification score 45 is below the 60 that leaving qualify needs")
     refused(
         "gate.approach.visit",
         stages.check_move,
@@ -116,7 +117,9 @@ def test_a_manager_may_override_the_qualification_gate_with_a_reason() -> None:
         role=Role.REP,
         override_reason="please",
     )
-    refused("gate.qualify.score", stages.check_move, unscored, Stage.APPROACH, CONFIG, role=Role.MANAGER)
+    error = refused("gate.qualify.score", stages.check_move, unscored, Stage.APPROACH, CONFIG, role=Role.MANAGER)
+    # Nothing scored is said as such, not as a score below the threshold.
+    assert error.detail.startswith("The lead's qualification is not scored yet; leaving qualify needs a score of 60")
 
 
 def test_disabled_gates_and_thresholds_come_from_the_organization() -> None:
