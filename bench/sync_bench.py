@@ -57,7 +57,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.http_bench import PASSWORD, PG_ADMIN, _pg, free_port, machine, wait_until_up  # noqa: E402
+from bench.http_bench import PASSWORD, PG_ADMIN, _pg, free_port, machine, stop, wait_until_up  # noqa: E402
 from canvass.db import create_engine, session_factory  # noqa: E402
 from canvass.ids import new_id  # noqa: E402
 from canvass.pipeline.schemas import AccountCreate, ContactCreate, TeamCreate, UserCreate  # noqa: E402
@@ -677,14 +677,6 @@ def _start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[b
     return server, port
 
 
-def _stop_server(server: subprocess.Popen[bytes]) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-
-
 async def measure(args: argparse.Namespace, db: str, url: str, env: dict[str, str], name: str) -> dict[str, Any]:
     workers = args.workers or (2 if db == "postgresql" else 1)
     tenant = Tenant(url)
@@ -763,7 +755,7 @@ async def measure(args: argparse.Namespace, db: str, url: str, env: dict[str, st
                 figures["leads_after"] = await tenant.lead_count()
                 report["sizes"][size] = figures
     finally:
-        _stop_server(server)
+        stop(server)
         await tenant.engine.dispose()
     return report
 

@@ -361,10 +361,8 @@ async def publish_pending(
     if not probed and not await session.scalar(_pending(), {"org": organization_id}):
         return
     engine = session.info.get(PUBLISH_ENGINE) or session.bind
-    if not isinstance(engine, AsyncEngine):  # a session bound to one connection: publish on it
-        for _ in range(_MOST_CHUNKS):
-            if not await session.run_sync(lambda s: _publish_if_pending(s.connection(), organization_id, wait)):
-                break
+    if not isinstance(engine, AsyncEngine):  # a session bound to one connection: publish in its transaction
+        await _publish_in_chunks(await session.connection(), organization_id, wait=wait, commit=False)
         return
     async with engine.connect() as connection:
         # A transaction even on the read pool's autocommit connections: the
@@ -374,13 +372,15 @@ async def publish_pending(
 
 
 async def _publish_in_chunks(
-    connection: AsyncConnection, organization_id: uuid.UUID, *, wait: bool, probe: bool = False
+    connection: AsyncConnection, organization_id: uuid.UUID, *, wait: bool, probe: bool = False, commit: bool = True
 ) -> bool:
-    """What is pending, a chunk per transaction, at most ``_MOST_CHUNKS`` of
+    """What is pending, a chunk per transaction (``commit=False``: all in the
+    connection's transaction, its owner's to end), at most ``_MOST_CHUNKS`` of
     them; True if some may still be pending (writers kept adding, or the cap)."""
     for _ in range(_MOST_CHUNKS):
         more = await connection.run_sync(_publish_if_pending, organization_id, wait, probe)
-        await connection.commit()
+        if commit:
+            await connection.commit()
         if not more:
             return False
     return True

@@ -312,3 +312,44 @@ def test_a_publisher_serves_a_backlog_past_its_cap_in_later_rounds(
             break
     assert answers == [True, True, True, True, False]
     assert run(client, pending) == 0
+
+
+def test_publishing_on_a_session_bound_to_one_connection_stays_in_its_transaction(
+    client: TestClient[Any], tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session bound to one connection (not an engine) publishes in that
+    connection's transaction, every chunk of it, and leaves the commit to its
+    owner: other connections see nothing published until then."""
+    from sqlalchemy import func, update
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    for i in range(10):
+        create_lead(client, tenant.rep_a, title=f"Bound {i}")
+    org = tenant.organization_id
+    unpublished = (
+        select(func.count()).select_from(Lead).where(Lead.organization_id == org, Lead.server_version.is_(None))
+    )
+
+    async def publish_bound() -> tuple[int, int, int]:
+        await client.app.state.publisher.publish_now()
+        engine = client.app.state.sessionmaker.kw["bind"]
+        async with engine.begin() as connection:  # pending, and no publisher told
+            await connection.execute(
+                update(Lead.__table__).where(Lead.organization_id == org).values(server_version=None)
+            )
+        # The owner's transaction, committed when the block ends.
+        async with engine.connect() as connection, connection.begin(), AsyncSession(bind=connection) as session:
+            await feed.publish_pending(session, org)
+            mine = int(await session.scalar(unpublished) or 0)
+            async with client.app.state.read_sessionmaker() as other:
+                theirs = int(await other.scalar(unpublished) or 0)
+        async with client.app.state.read_sessionmaker() as other:
+            return mine, theirs, int(await other.scalar(unpublished) or 0)
+
+    monkeypatch.setattr(feed, "PUBLISH_CHUNK", 3)
+    if database_url.startswith("postgresql"):
+        assert run(client, publish_bound) == (0, 10, 0)  # four chunks, one transaction
+    else:
+        # SQLite publishes in the writing transaction: the Core update above is a
+        # write no session noted, so nothing publishes it; publish_pending has nothing to do.
+        assert run(client, publish_bound) == (10, 10, 10)
